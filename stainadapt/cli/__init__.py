@@ -1,0 +1,1 @@
+"""Typer command-line interface: one module per command; parsing only, no logic."""

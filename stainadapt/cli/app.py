@@ -1,0 +1,68 @@
+"""The root Typer app: composes one small app per command (``cli/<command>.py``)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from .common import STATE
+
+app = typer.Typer(
+    name="stainadapt",
+    help="Cross-stain glomerulus segmentation with multi-level adversarial learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module defines ``app`` holding one command; added in this order to --help.
+COMMAND_MODULES = [
+    "demo",
+    "synth",
+    "train",
+    "predict",
+    "evaluate",
+    "normalize",
+    "info",
+    "plugins",
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"stainadapt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
+    ] = False,
+) -> None:
+    """stainadapt: train on one stain, segment glomeruli in another."""
+    STATE["debug"] = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"{__package__}.{_name}")
+    except ModuleNotFoundError as _exc:  # a command whose issue has not landed yet
+        if _exc.name != f"{__package__}.{_name}":
+            raise
+        continue
+    app.add_typer(_module.app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
