@@ -1,0 +1,1 @@
+"""Training engine and run-folder files (checkpoints, atomic writes)."""

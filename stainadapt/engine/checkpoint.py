@@ -1,0 +1,227 @@
+"""Run-folder model files: ``model.safetensors`` + ``model.json``, written atomically.
+
+A trained model is two files in the run folder, so ``predict`` needs nothing else:
+
+* ``model.safetensors``: the state dict of :class:`~stainadapt.models.unet.SegmentationNet`
+  (safetensors: no pickle, so loading a model from someone else runs no code);
+* ``model.json``: how to rebuild the network and use it (``backbone``, ``image_size``,
+  ``threshold``, ``decoder_channels``, ``normalizer``, ``stainadapt_version``, ``mode``,
+  ``discs``).
+
+Every write goes through :func:`atomic_save`: the bytes go to a temporary file in the
+same folder, are flushed to disk (``fsync``), then renamed over the target with
+``os.replace``. A run killed mid-write leaves the old file or the new one, never half of
+one. ``model.safetensors`` is written before ``model.json``, so a ``model.json`` always
+describes complete weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+__all__ = [
+    "MODEL_WEIGHTS",
+    "MODEL_META",
+    "atomic_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "save_model",
+    "load_model",
+    "read_meta",
+    "normalizer_to_meta",
+    "normalizer_from_meta",
+]
+
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_META = "model.json"
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (best effort: not every platform allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(path: str | os.PathLike[str], writer: Callable[[Path], Any]) -> Path:
+    """Write ``path`` atomically: ``writer(tmp_path)`` writes a temporary file, then rename.
+
+    The temporary file lives in the same folder (so ``os.replace`` is a rename on one file
+    system) and keeps the target's suffix, so writers that pick a format by suffix
+    (Pillow, tifffile) behave as for the real name. On any error the temporary file is
+    removed and the target is left as it was. Returns ``path`` as a :class:`Path`.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = target.with_name(f".{target.stem}.tmp-{token}{target.suffix}")
+    try:
+        writer(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_save`)."""
+    return atomic_save(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_save`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- normaliser
+
+
+def normalizer_to_meta(spec: str, normalizer: Any) -> dict[str, Any]:
+    """The ``normalizer`` entry of model.json: ``{"spec": str, "state": {name: list}}``."""
+    state = {k: v.detach().cpu().tolist() for k, v in normalizer.state_dict().items()}
+    return {"spec": spec, "state": state}
+
+
+def normalizer_from_meta(entry: dict[str, Any] | None, device: Any = "cpu") -> Any:
+    """Rebuild a fitted normaliser from its model.json entry (``None`` -> ``None``)."""
+    if not entry:
+        return None
+    import torch
+
+    from ..registry import create
+
+    norm = create("normalizers", entry["spec"])
+    state = {k: torch.tensor(v, dtype=torch.float32) for k, v in entry.get("state", {}).items()}
+    if state:
+        norm.load_state_dict(state)
+    return norm.to(device) if hasattr(norm, "to") else norm
+
+
+# --------------------------------------------------------------------------- model
+
+
+def save_model(run_dir: str | os.PathLike[str], model: Any, meta: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``run_dir``; returns the JSON path.
+
+    ``meta`` holds the keys listed in docs/CONTRACTS.md; ``backbone`` and
+    ``decoder_channels`` default to the model's own attributes and ``stainadapt_version``
+    to the installed version, so a caller may pass only what the model cannot know.
+    """
+    from safetensors.torch import save as st_save
+
+    from .. import __version__
+
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    # Clone: safetensors refuses tensors sharing storage, and CPU copies free the device.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    full = {
+        "backbone": getattr(model, "backbone_name", None),
+        "image_size": None,
+        "threshold": 0.5,
+        "decoder_channels": list(getattr(model, "decoder_channels", ()) or ()) or None,
+        "normalizer": None,
+        "stainadapt_version": __version__,
+        "mode": None,
+        "discs": [],
+    }
+    full.update(meta)
+    if full["decoder_channels"] is not None:
+        full["decoder_channels"] = [int(c) for c in full["decoder_channels"]]
+    if not full["backbone"]:
+        raise ValueError("save_model: meta has no 'backbone' and the model no .backbone_name")
+    text = json.dumps(full, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write_bytes(run / MODEL_WEIGHTS, st_save(tensors, metadata={"format": "pt"}))
+    return atomic_write_text(run / MODEL_META, text)
+
+
+def _run_folder(run_dir: str | os.PathLike[str]) -> Path:
+    run = Path(run_dir)
+    if run.is_file() and run.name in (MODEL_WEIGHTS, MODEL_META):
+        run = run.parent
+    if not (run / MODEL_WEIGHTS).is_file():
+        raise InputError(f"{run}: no {MODEL_WEIGHTS}; is this a stainadapt run folder?")
+    return run
+
+
+def read_meta(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed ``model.json`` of a run folder (InputError when missing or invalid)."""
+    run = _run_folder(run_dir)
+    path = run / MODEL_META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing; the run folder has weights but no model.json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("backbone"), str):
+        raise InputError(f"{path}: no 'backbone' entry; is this a stainadapt model.json?")
+    return meta
+
+
+def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Rebuild the network of a run folder: ``(SegmentationNet in eval mode, meta)``.
+
+    Reads only ``model.safetensors`` and ``model.json`` (no pickle). A backbone that is
+    not installed as a plugin is refused with the list of those that are; weights that
+    do not fit the network are refused naming the file.
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ..errors import PluginError
+    from ..models.unet import SegmentationNet
+    from ..registry import plugin_names
+
+    run = _run_folder(run_dir)
+    meta = read_meta(run)
+    backbone = meta["backbone"]
+    known = plugin_names("backbones")
+    if backbone not in known:
+        raise InputError(
+            f"{run / MODEL_META}: unknown backbone {backbone!r}; "
+            f"installed: {', '.join(known) or 'none'} (install the plugin that provides it)"
+        )
+    kwargs: dict[str, Any] = {"backbone": backbone, "pretrained": None}
+    if meta.get("decoder_channels"):
+        kwargs["decoder_channels"] = tuple(int(c) for c in meta["decoder_channels"])
+    try:
+        model = SegmentationNet(**kwargs)
+    except PluginError as exc:
+        raise InputError(f"{run / MODEL_META}: {exc}") from exc
+    weights = run / MODEL_WEIGHTS
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{weights}: unreadable safetensors file ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise InputError(
+            f"{weights}: weights do not fit a {backbone} SegmentationNet "
+            f"({first[1].strip() if len(first) > 1 else first[0]})"
+        ) from None
+    model.to(torch.device(device)).eval()
+    return model, meta
