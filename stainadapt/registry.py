@@ -16,6 +16,8 @@ them are context the engine passes (for discriminators: the feature-map table of
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import inspect
 import os
 from collections.abc import Callable, Iterable
@@ -75,6 +77,7 @@ _cache: dict[str, dict[str, PluginInfo]] = {}
 def clear_cache() -> None:
     """Forget discovered plugins (after installing one at run time, and in tests)."""
     _cache.clear()
+    importlib.invalidate_caches()  # importlib.metadata caches directory listings too
 
 
 def _short_group(group: str) -> str:
@@ -174,10 +177,8 @@ def list_plugins(group: str | None = None, load: bool = True) -> list[PluginInfo
     for g in groups:
         for info in _discover(g).values():
             if load and info.status not in ("disabled", "duplicate"):
-                try:
+                with contextlib.suppress(PluginError):  # recorded in info.status
                     _load(info)
-                except PluginError:
-                    pass
             out.append(info)
     return out
 
