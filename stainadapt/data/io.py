@@ -19,6 +19,7 @@ the path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
@@ -52,8 +53,9 @@ def _err(path: Path | str, reason: str) -> InputError:
 
 def _check_file(path: Path, exts: tuple[str, ...]) -> None:
     if path.suffix.lower() not in exts:
-        raise _err(path, f"unsupported extension {path.suffix!r} (expected one of "
-                   f"{', '.join(exts)})")
+        raise _err(
+            path, f"unsupported extension {path.suffix!r} (expected one of {', '.join(exts)})"
+        )
     if not path.exists():
         raise _err(path, "no such file")
     if not path.is_file():
@@ -94,7 +96,7 @@ def _tiff_to_hwc(arr: np.ndarray, axes: str) -> np.ndarray:
     chan = next((a for a in "SC" if a in axes and arr.shape[axes.index(a)] <= 4), None)
     index = []
     keep = []
-    for i, a in enumerate(axes):
+    for a in axes:
         if a in ("Y", "X") or a == chan:
             index.append(slice(None))
             keep.append(a)
@@ -356,9 +358,7 @@ def write_image(path: Path | str, array: np.ndarray) -> Path:
             )
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     return path
