@@ -186,6 +186,9 @@ def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[An
     not installed as a plugin is refused with the list of those that are; weights that
     do not fit the network are refused naming the file.
     """
+    run = _run_folder(run_dir)
+    meta = read_meta(run)
+
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -194,8 +197,6 @@ def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[An
     from ..models.unet import SegmentationNet
     from ..registry import plugin_names
 
-    run = _run_folder(run_dir)
-    meta = read_meta(run)
     backbone = meta["backbone"]
     known = plugin_names("backbones")
     if backbone not in known:
