@@ -1,0 +1,1 @@
+"""Example stainadapt plugin package (see README.md beside this folder)."""
