@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTS",
     "MASK_EXTS",
+    "check_intact",
     "image_shape",
     "read_image",
     "read_mask",
@@ -268,6 +269,50 @@ def image_shape(path: Path | str) -> tuple[int, int]:
         raise
     except Exception as exc:
         raise _err(path, f"cannot read image header ({_reason(exc)})") from exc
+
+
+def check_intact(path: Path | str) -> None:
+    """Cheap completeness check without decoding pixels; raises InputError if truncated.
+
+    TIFF: every level-0 strip/tile must lie inside the file. PNG: chunk CRCs and the
+    IEND chunk (Pillow ``verify``). JPEG: the file must end with the EOI marker.
+    """
+    path = Path(path)
+    _check_file(path, IMAGE_EXTS)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in TIFF_EXTS:
+            import tifffile
+
+            size = path.stat().st_size
+            with tifffile.TiffFile(path) as tif:
+                level = _tiff_level0(tif)
+                for page in level.pages:
+                    if page is None:
+                        continue
+                    page = page.keyframe if not hasattr(page, "dataoffsets") else page
+                    for off, cnt in zip(page.dataoffsets, page.databytecounts, strict=False):
+                        if off + cnt > size:
+                            raise _err(
+                                path,
+                                f"truncated file: image data ends at byte "
+                                f"{off + cnt} but the file has {size} bytes",
+                            )
+        elif suffix == ".png":
+            from PIL import Image
+
+            with _pillow_unlimited(), Image.open(path) as im:
+                im.verify()
+        else:
+            with open(path, "rb") as fh:
+                fh.seek(max(0, path.stat().st_size - 64))
+                tail = fh.read().rstrip(b"\0")
+            if not tail.endswith(b"\xff\xd9"):
+                raise _err(path, "truncated file: JPEG end marker missing")
+    except InputError:
+        raise
+    except Exception as exc:
+        raise _err(path, f"cannot read image ({_reason(exc)})") from exc
 
 
 def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
