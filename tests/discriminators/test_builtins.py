@@ -1,0 +1,133 @@
+"""Behaviour of the built-in discriminators: options, errors, gradients into G."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stainadapt import registry
+from stainadapt.discriminators.base import Discriminator
+from stainadapt.discriminators.concat import center_crop
+from stainadapt.errors import InputError, PluginError
+from stainadapt.models.unet import SegmentationNet
+from stainadapt.testing.discriminators import make_inputs
+
+
+@pytest.fixture(scope="module")
+def net():
+    return SegmentationNet("resnet18")
+
+
+def make(spec, net):
+    return registry.create("discriminators", spec, net.feature_table)
+
+
+@pytest.mark.parametrize("name", registry.plugin_names("discriminators"))
+def test_gradients_reach_g(net, name):
+    disc = make(name, net)
+    net.zero_grad()
+    logits, feats = net(torch.randn(2, 3, 64, 64), return_features=True)
+    inputs = dict(feats, mask=torch.sigmoid(logits))
+    out = disc(inputs)
+    sum(v.sum() for v in out.values()).backward()
+    grad = net.encoder.conv1.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_defaults_follow_the_paper(net):
+    assert make("single", net).weights == {"single": 0.01}
+    assert make("single", net).consumes == ("f4",)
+    assert make("mirrored", net).weights == {"encoder": 0.01, "decoder": 0.05}
+    shape = make("shape", net)
+    assert shape.kind == "shape" and shape.consumes == ("mask",) and shape.weights == {"shape": 0.1}
+    concat = make("concat", net)
+    assert concat.consumes == tuple(f"f{i}" for i in range(10)) and concat.mode == "crop"
+    assert all(isinstance(make(n, net), Discriminator) for n in ("single", "concat"))
+
+
+def test_single_layer_option(net):
+    disc = make("single:layer=f9,weight=0.05", net)
+    assert disc.consumes == ("f9",) and disc.weights == {"single": 0.05}
+    assert disc.spec == "single:layer=f9,weight=0.05,width=64"
+
+
+def test_single_bad_layer_lists_the_valid_ones(net):
+    with pytest.raises(PluginError) as err:
+        make("single:layer=f10", net)
+    message = str(err.value)
+    assert "f10" in message and "f0, f1" in message and "f9" in message
+
+
+@pytest.mark.parametrize(
+    ("side", "heads", "consumes"),
+    [
+        ("encoder", {"encoder"}, ("f0", "f1", "f2", "f3", "f4")),
+        ("decoder", {"decoder"}, ("f9", "f8", "f7", "f6", "f5")),
+        ("both", {"encoder", "decoder"}, None),
+    ],
+)
+def test_mirrored_side(net, side, heads, consumes):
+    disc = make(f"mirrored:side={side}", net)
+    assert set(disc.weights) == heads
+    if consumes:
+        assert disc.consumes == consumes
+    out = disc(make_inputs(net.feature_table, 64))
+    assert set(out) == heads
+
+
+def test_mirrored_bad_side(net):
+    with pytest.raises(PluginError, match="encoder, decoder"):
+        make("mirrored:side=left", net)
+
+
+def test_mirrored_concatenates_maps_uncropped(net):
+    """Each joining map must match the stream's size exactly: an odd size is refused."""
+    disc = make("mirrored:side=encoder", net)
+    inputs = make_inputs(net.feature_table, 64)
+    inputs["f2"] = inputs["f2"][..., :7, :7]
+    with pytest.raises(InputError, match="multiples of 32"):
+        disc(inputs)
+
+
+def test_concat_crop_is_a_view_and_pool_differs(net):
+    x = torch.randn(1, 2, 8, 8)
+    crop = center_crop(x, 2, 2)
+    assert crop.data_ptr() == x[..., 3:5, 3:5].data_ptr()
+    torch.manual_seed(0)
+    crop_disc = make("concat:mode=crop", net).eval()
+    pool_disc = make("concat:mode=pool", net).eval()
+    pool_disc.load_state_dict(crop_disc.state_dict())
+    inputs = make_inputs(net.feature_table, 64)
+    with torch.no_grad():
+        assert not torch.equal(crop_disc(inputs)["concat"], pool_disc(inputs)["concat"])
+
+
+def test_concat_bad_mode(net):
+    with pytest.raises(PluginError, match="crop, pool"):
+        make("concat:mode=resize", net)
+
+
+def test_missing_input_is_named(net):
+    disc = make("single:layer=f3", net)
+    with pytest.raises(InputError, match="missing f3"):
+        disc({"f4": torch.zeros(1, 512, 2, 2)})
+
+
+@pytest.mark.parametrize("spec", ["single:weight=-1", "mirrored:weight_decoder=abc"])
+def test_bad_weight(net, spec):
+    with pytest.raises(PluginError, match="weight"):
+        make(spec, net)
+
+
+def test_unknown_option_is_refused(net):
+    with pytest.raises(PluginError, match="accepted options"):
+        make("single:depth=3", net)
+
+
+def test_shape_pretrained_local_file(tmp_path, net):
+    disc = make("shape", net)
+    path = tmp_path / "shape.pt"
+    torch.save(disc.net.state_dict(), path)
+    again = registry.create("discriminators", "shape", net.feature_table, pretrained=str(path))
+    for key, value in disc.net.state_dict().items():
+        assert torch.equal(again.net.state_dict()[key], value)
