@@ -1,0 +1,228 @@
+"""Configuration of a training run: one dataclass, TOML in and out.
+
+A run is described by :class:`TrainConfig`. It can come from a TOML file (``--config``),
+from command-line flags, or both: flags override the file. The resolved configuration is
+written into the run folder as ``config.toml`` so that a run can be repeated or resumed
+from its folder alone.
+
+TOML has no null, so fields whose value is ``None`` are left out of the written file and
+come back as their default (which is ``None`` for every optional field).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+__all__ = [
+    "MODES",
+    "SELECTS",
+    "AMPS",
+    "TrainConfig",
+    "load_toml",
+    "dumps_toml",
+    "resolve_config",
+]
+
+MODES = ("source-only", "sda", "uda")
+SELECTS = ("last", "source", "target")
+AMPS = ("auto", "bf16", "off")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run (names match the CLI flags with ``-`` -> ``_``)."""
+
+    source: str = ""
+    target: str | None = None
+    out: str = "runs/run"
+    mode: str = "uda"
+    discs: list[str] = field(default_factory=list)
+    backbone: str = "resnet34"
+    pretrained: str | None = None
+    # schedule (paper: s0 = 50, d0 = 10, adversarial = 100)
+    pretrain_epochs: int = 50
+    disc_epochs: int = 10
+    adv_epochs: int = 100
+    steps_per_epoch: int = 0  # 0: len(source train) // batch_size
+    batch_size: int = 4
+    lr: float = 1e-3
+    disc_lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    dice_weight: float = 0.0  # L_seg = BCE + dice_weight * soft Dice loss
+    image_size: int = 256
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    workers: int = 0
+    select: str | None = None  # None: target in sda, last in uda, source in source-only
+    augment: bool = True
+    stain_jitter: float = 0.0
+    normalize: str | None = None
+    reference: str | None = None
+    threshold: float = 0.5
+    samples: int = 4  # overlays written to samples/
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> TrainConfig:
+        """Raise one :class:`InputError` naming the first bad field and why."""
+        if not self.source:
+            raise InputError("no source domain: give --source DIR (or 'source' in the config)")
+        if self.mode not in MODES:
+            raise InputError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.mode in ("sda", "uda") and not self.target:
+            raise InputError(f"mode {self.mode} needs a target domain: give --target DIR")
+        if self.select is not None and self.select not in SELECTS:
+            raise InputError(f"select {self.select!r} is not one of {', '.join(SELECTS)}")
+        if self.amp not in AMPS:
+            raise InputError(f"amp {self.amp!r} is not one of {', '.join(AMPS)}")
+        if self.mode == "source-only" and self.discs:
+            raise InputError("mode source-only takes no --disc; use --mode uda or sda")
+        if self.mode in ("sda", "uda") and not self.discs:
+            raise InputError(
+                f"mode {self.mode} needs at least one --disc (e.g. --disc mirrored --disc shape)"
+            )
+        if self.image_size <= 0 or self.image_size % 32:
+            raise InputError(f"image_size {self.image_size} must be a positive multiple of 32")
+        for name in ("pretrain_epochs", "disc_epochs", "adv_epochs", "steps_per_epoch",
+                     "workers", "samples"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("lr", "disc_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise InputError(f"{name} must be a positive number, got {value}")
+        if (self.normalize is None) != (self.reference is None):
+            raise InputError("--normalize and --reference go together: give both or neither")
+        return self
+
+    @property
+    def selection(self) -> str:
+        """The effective ``select`` (see the field's comment for the defaults)."""
+        if self.select is not None:
+            return self.select
+        return {"sda": "target", "uda": "last"}.get(self.mode, "source")
+
+    def total_epochs(self) -> int:
+        return len(self.phases())
+
+    def phases(self) -> list[str]:
+        """The phase of every epoch, in order (see :mod:`stainadapt.engine.schedule`)."""
+        from .engine.schedule import epoch_phases
+
+        return epoch_phases(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def _check_type(key: str, value: Any, where: str) -> Any:
+    default = TrainConfig()
+    expected = getattr(default, key)
+    annotation = str(_FIELDS[key].type)
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise InputError(f"{where}: {key} cannot be empty")
+    if key == "discs":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InputError(f"{where}: discs must be a list of plugin specs (strings)")
+        return list(value)
+    if isinstance(expected, bool):
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if isinstance(expected, int) and not isinstance(expected, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{where}: {key} must be an integer, got {value!r}")
+        return value
+    if isinstance(expected, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise InputError(f"{where}: {key} must be a string, got {value!r}")
+    return value
+
+
+def _check_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _FIELDS:
+            valid = ", ".join(sorted(_FIELDS))
+            raise InputError(f"{where}: unknown key {key!r}; valid keys: {valid}")
+        out[key] = _check_type(key, value, where)
+    return out
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a config file into a dict of checked fields (keys may live under ``[train]``)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read config: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML: {exc}") from None
+    if set(data) == {"train"} and isinstance(data["train"], dict):
+        data = data["train"]
+    return _check_keys(data, str(path))
+
+
+def resolve_config(
+    config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """File values, then flags (``None`` flags are "not given"); validated."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(load_toml(config_file))
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(_check_keys(given, "command line"))
+    return TrainConfig(**values).validate()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if value != value else
+                                                          ("inf" if value > 0 else "-inf"))
+    if isinstance(value, str):
+        escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+                   .replace("\t", "\\t"))
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dumps_toml(config: TrainConfig | dict[str, Any]) -> str:
+    """A flat TOML document of the config's fields (``None`` fields are omitted)."""
+    data = config.as_dict() if isinstance(config, TrainConfig) else config
+    lines = ["# stainadapt training run (resolved configuration)"]
+    for key, value in data.items():
+        if value is None:
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,67 @@
+"""TrainConfig: TOML in and out, unknown keys, flags over file values."""
+
+from __future__ import annotations
+
+import pytest
+
+from stainadapt.config import TrainConfig, dumps_toml, load_toml, resolve_config
+from stainadapt.errors import InputError
+
+
+def test_round_trip(tmp_path):
+    cfg = TrainConfig(source="a", target='b "q"', discs=["mirrored", "single:layer=f9"],
+                      lr=2e-4, augment=False, select="target")
+    path = tmp_path / "c.toml"
+    path.write_text(dumps_toml(cfg))
+    back = TrainConfig(**load_toml(path))
+    assert back == cfg
+
+
+def test_none_fields_are_left_out(tmp_path):
+    text = dumps_toml(TrainConfig(source="a"))
+    assert "target" not in text and "normalize" not in text
+
+
+def test_unknown_key_names_it_and_lists_valid(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('source = "a"\nlearning_rate = 0.1\n')
+    with pytest.raises(InputError) as exc:
+        load_toml(path)
+    msg = str(exc.value)
+    assert "learning_rate" in msg and "valid keys" in msg and "disc_lr" in msg
+    assert str(path) in msg
+
+
+def test_wrong_type_and_bad_toml(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('batch_size = "four"\n')
+    with pytest.raises(InputError, match="batch_size must be an integer"):
+        load_toml(path)
+    path.write_text("batch_size = \n")
+    with pytest.raises(InputError, match="not valid TOML"):
+        load_toml(path)
+
+
+def test_flags_override_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nsource = "s"\ntarget = "t"\ndiscs = ["mirrored"]\nlr = 0.5\n'
+                    "batch_size = 8\n")
+    cfg = resolve_config(path, {"lr": 0.01, "batch_size": None, "discs": ["shape"]})
+    assert cfg.lr == 0.01 and cfg.batch_size == 8 and cfg.discs == ["shape"]
+    assert cfg.mode == "uda" and cfg.selection == "last"
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"source": "s", "mode": "magic"}, "mode 'magic'"),
+        ({"source": "s", "mode": "uda", "discs": ["shape"]}, "needs a target"),
+        ({"source": "s", "target": "t", "mode": "uda"}, "at least one --disc"),
+        ({"source": "s", "mode": "source-only", "image_size": 100}, "multiple of 32"),
+        ({"source": "s", "mode": "source-only", "select": "best"}, "select 'best'"),
+        ({"source": "s", "mode": "source-only", "normalize": "macenko"}, "go together"),
+    ],
+)
+def test_validation_errors(values, match):
+    with pytest.raises(InputError, match=match):
+        resolve_config(None, values)
