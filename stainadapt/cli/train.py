@@ -1,0 +1,111 @@
+"""``stainadapt train``: parse the flags, merge them over ``--config``, run the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import console, is_tty, run_guarded
+
+app = typer.Typer()
+
+_SCHED = "Schedule"
+_OPT = "Optimisation"
+_DATA = "Data"
+
+
+@app.command("train")
+def train(
+    source: Annotated[str | None, typer.Option(
+        help="Source domain folder (images/ + masks/).", rich_help_panel=_DATA)] = None,
+    target: Annotated[str | None, typer.Option(
+        help="Target domain folder (images/; masks/ used only in sda).",
+        rich_help_panel=_DATA)] = None,
+    mode: Annotated[str | None, typer.Option(
+        help="source-only, sda or uda (default uda).")] = None,
+    disc: Annotated[list[str] | None, typer.Option(
+        "--disc", help="Discriminator spec, repeatable: --disc mirrored --disc shape "
+        "or --disc single:layer=f9,weight=0.05.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Encoder (default resnet34).")] = None,
+    pretrained: Annotated[str | None, typer.Option(
+        help="Local encoder weights file (nothing is downloaded).")] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder to write.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="TOML file with the same fields; flags override it.")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="Continue the run in this folder from its last epoch.")] = None,
+    pretrain_epochs: Annotated[int | None, typer.Option(
+        help="s0: epochs of G alone (paper 50).", rich_help_panel=_SCHED)] = None,
+    disc_epochs: Annotated[int | None, typer.Option(
+        help="d0: epochs of the discriminators alone (paper 10).", rich_help_panel=_SCHED)] = None,
+    adv_epochs: Annotated[int | None, typer.Option(
+        help="Adversarial epochs (paper 100).", rich_help_panel=_SCHED)] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(
+        help="Steps per epoch (0: source train images / batch size).",
+        rich_help_panel=_SCHED)] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Batch size per domain (paper 4).", rich_help_panel=_OPT)] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="G's Adam learning rate (paper 1e-3).", rich_help_panel=_OPT)] = None,
+    disc_lr: Annotated[float | None, typer.Option(
+        help="Each discriminator's Adam learning rate.", rich_help_panel=_OPT)] = None,
+    dice_weight: Annotated[float | None, typer.Option(
+        help="Add this times a soft Dice loss to L_seg.", rich_help_panel=_OPT)] = None,
+    image_size: Annotated[int | None, typer.Option(
+        help="Crop side in pixels (multiple of 32).", rich_help_panel=_DATA)] = None,
+    val_fraction: Annotated[float | None, typer.Option(
+        help="Seeded validation split per domain (0.2).", rich_help_panel=_DATA)] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    amp: Annotated[str | None, typer.Option(
+        help="Mixed precision: auto (bf16 on CUDA), bf16 or off.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Data-loading worker processes.", rich_help_panel=_DATA)] = None,
+    select: Annotated[str | None, typer.Option(
+        help="Model selection: last, source or target (default: target in sda, last in "
+        "uda, source in source-only; target in uda is an oracle).")] = None,
+    augment: Annotated[bool | None, typer.Option(
+        "--augment/--no-augment", help="Geometric/photometric augmentation.",
+        rich_help_panel=_DATA)] = None,
+    stain_jitter: Annotated[float | None, typer.Option(
+        help="Stain jitter strength in OD space (0: off).", rich_help_panel=_DATA)] = None,
+    normalize: Annotated[str | None, typer.Option(
+        help="Normaliser spec applied to every input before G (e.g. macenko).",
+        rich_help_panel=_DATA)] = None,
+    reference: Annotated[str | None, typer.Option(
+        help="Reference image the normaliser is fitted to.", rich_help_panel=_DATA)] = None,
+    threshold: Annotated[float | None, typer.Option(help="Mask threshold (0.5).")] = None,
+    samples: Annotated[int | None, typer.Option(
+        help="Overlay pictures per domain written to samples/.")] = None,
+) -> None:
+    """Train G (and the discriminators): source-only, supervised DA or unsupervised DA."""
+    from ..config import resolve_config
+    from ..engine import trainer
+
+    flags = {
+        "source": source, "target": target, "mode": mode, "discs": disc or None,
+        "backbone": backbone, "pretrained": pretrained, "out": out,
+        "pretrain_epochs": pretrain_epochs, "disc_epochs": disc_epochs,
+        "adv_epochs": adv_epochs, "steps_per_epoch": steps_per_epoch,
+        "batch_size": batch_size, "lr": lr, "disc_lr": disc_lr, "dice_weight": dice_weight,
+        "image_size": image_size, "val_fraction": val_fraction, "seed": seed,
+        "device": device, "amp": amp, "workers": workers, "select": select,
+        "augment": augment, "stain_jitter": stain_jitter, "normalize": normalize,
+        "reference": reference, "threshold": threshold, "samples": samples,
+    }
+
+    def go() -> object:
+        if resume is not None:
+            if config is not None:
+                from ..errors import InputError
+
+                raise InputError("--resume takes the run's own config.toml; drop --config")
+            return trainer.resume(resume, flags, console=console, progress=is_tty())
+        cfg = resolve_config(config, flags)
+        return trainer.train(cfg, console=console, progress=is_tty())
+
+    result = run_guarded(go)
+    console.print(f"run folder: {result.run_dir} (model.safetensors, metrics.jsonl, "
+                  "curves.png, samples/)")

@@ -1,0 +1,807 @@
+"""The training engine: source-only, supervised DA (sda) and unsupervised DA (uda).
+
+Schedule (paper section 2.2, see :mod:`.schedule`): ``seg`` epochs train G alone on
+L_seg; ``disc`` epochs train the discriminators alone with G frozen (eval mode, no grad);
+``adv`` epochs alternate one G step on L_full and one step of every discriminator.
+
+One step of the adversarial phase:
+
+1. G runs once on the concatenated batch ``[x_S; x_T]`` and returns logits and the
+   feature maps f0..f9.
+2. **G update** on ``L_full = L_seg + sum(alpha * BCE(D(.), flipped label))``: the
+   paper's ``- alpha * L_D`` realised by label flipping (see :mod:`.losses`). The
+   discriminators' parameters have ``requires_grad`` off during this backward pass.
+3. **D update**: every discriminator sees G's features *detached* -- source = 1,
+   target = 0 -- or, for the shape discriminator, ground-truth masks = 1 (S masks; in sda
+   S and T masks) and G's detached probabilities (S and T) = 0. Each discriminator has
+   its own Adam over its own parameters (lr ``disc_lr``).
+
+In uda the target's masks are never read for training: target samples are handed to the
+data pipeline without masks. Only ``--select target`` reads the target *validation*
+masks, and the output labels those numbers as an oracle.
+
+Determinism and resuming: the crops of an epoch, the augmentation and every other random
+draw depend only on ``(seed, epoch)`` (each epoch reseeds the RNGs and builds its crop
+datasets with an epoch-derived seed), so a run resumed from ``state.pt`` ends, on CPU,
+with the same weights as an uninterrupted one. ``state.pt`` is written atomically at
+every epoch boundary; Ctrl-C or SIGTERM stops at once and leaves the last boundary's
+state to ``--resume`` from.
+
+GPU path: data and augmentation on the device, bf16 autocast (no loss scaling: bf16 has
+fp32's range, and several optimisers share no scaler), channels_last, and no host sync
+inside a step: losses and accuracies accumulate in device tensors read once per epoch,
+and a non-finite loss skips its optimiser step through the fused Adam's ``found_inf``
+input (the step counter is not advanced either) and is counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import TrainConfig, dumps_toml, load_toml
+from ..errors import InputError
+from .checkpoint import atomic_write_text, normalizer_to_meta, save_model
+from .losses import seg_loss
+from .report import write_curves, write_overlay
+from .schedule import epoch_phases
+from .state import STATE_FILE, load_state, rng_state, save_state, set_rng_state
+
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "train",
+    "resume",
+    "split_samples",
+    "evaluate_model",
+    "resolve_device",
+    "load_domain_images",
+]
+
+CONFIG_FILE = "config.toml"
+METRICS_FILE = "metrics.jsonl"
+# Fields that define the networks: a resumed run may not change them.
+FROZEN_ON_RESUME = ("mode", "discs", "backbone", "image_size", "source", "target", "normalize")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``; ``cuda`` / ``cuda:N``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise InputError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {spec!r} asked for but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" else None  # auto
+
+
+def split_samples(samples: list[Any], val_fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded train/val split of one domain (same seed and files -> same split)."""
+    order = sorted(range(len(samples)), key=lambda i: samples[i].name)
+    random.Random(f"stainadapt-split-{seed}").shuffle(order)
+    n_val = int(round(len(samples) * val_fraction))
+    ok = val_fraction > 0 and len(samples) >= 2
+    n_val = min(max(n_val, 1), len(samples) - 1) if ok else 0
+    val = sorted((samples[i] for i in order[:n_val]), key=lambda s: s.name)
+    train = sorted((samples[i] for i in order[n_val:]), key=lambda s: s.name)
+    return train, val
+
+
+def _epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + stream * 104_729) % (2**31 - 1)
+
+
+def _seed_everything(value: int) -> None:
+    random.seed(value)
+    np.random.seed(value % (2**32))
+    torch.manual_seed(value)
+
+
+def load_domain_images(samples: list[Any], with_masks: bool) -> list[tuple[str, np.ndarray, Any]]:
+    """Read ``(name, image uint8 HxWx3, mask bool HxW or None)`` for evaluation."""
+    from ..data.io import read_image, read_mask
+
+    out = []
+    for s in samples:
+        mask = read_mask(s.mask) if (with_masks and s.mask is not None) else None
+        out.append((s.name, read_image(s.image), mask))
+    return out
+
+
+def _dice_acc(pred: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    """Dice and pixel accuracy of two boolean maps (Dice = 1 when both are empty)."""
+    try:
+        from ..metrics import dice as _dice  # type: ignore[attr-defined]
+        from ..metrics import pixel_accuracy as _acc  # type: ignore[attr-defined]
+
+        return float(_dice(pred, truth)), float(_acc(pred, truth))
+    except (ImportError, TypeError, AttributeError):
+        pass
+    pred, truth = pred.bool(), truth.bool()
+    inter = (pred & truth).sum().item()
+    total = pred.sum().item() + truth.sum().item()
+    dice = 1.0 if total == 0 else 2.0 * inter / total
+    acc = (pred == truth).float().mean().item()
+    return dice, acc
+
+
+@torch.no_grad()
+def predict_probs(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    device: torch.device,
+    normalizer: Any = None,
+    amp: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Probabilities ``(H, W)`` for one whole image (reflect-padded to a multiple of 32)."""
+    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).unsqueeze(0).to(device)
+    if normalizer is not None:
+        x = normalizer(x)
+    x = x.float() / 255.0
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 32, (-w) % 32
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        logits = model(x)
+    return torch.sigmoid(logits.float())[0, 0, :h, :w]
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    items: list[tuple[str, np.ndarray, Any]],
+    device: torch.device,
+    threshold: float = 0.5,
+    normalizer: Any = None,
+    amp: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Mean (and std) Dice and pixel accuracy of ``model`` over labelled images."""
+    was_training = model.training
+    model.eval()
+    dices, accs = [], []
+    for _, image, mask in items:
+        if mask is None:
+            continue
+        prob = predict_probs(model, image, device, normalizer, amp)
+        d, a = _dice_acc(prob > threshold, torch.from_numpy(mask).to(prob.device))
+        dices.append(d)
+        accs.append(a)
+    model.train(was_training)
+    if not dices:
+        return {}
+    return {
+        "dice": float(np.mean(dices)),
+        "dice_std": float(np.std(dices)),
+        "accuracy": float(np.mean(accs)),
+        "accuracy_std": float(np.std(accs)),
+        "n": len(dices),
+    }
+
+
+def _make_adam(params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float],
+               device: torch.device) -> tuple[torch.optim.Adam, bool]:
+    """Fused Adam when the device supports it (skip-on-non-finite without a host sync)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True), True
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, betas=betas), False
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    best_epoch: int | None
+    best: dict[str, Any] | None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped_steps: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """One training run. ``Trainer(config).fit()`` trains and writes the run folder."""
+
+    def __init__(self, config: TrainConfig, console: Any = None, progress: bool = False,
+                 resume_state: dict[str, Any] | None = None) -> None:
+        from ..data.folders import scan_domain
+        from ..models.unet import SegmentationNet
+        from ..registry import create
+
+        self.cfg = config.validate()
+        self.console = console
+        self.show_progress = progress
+        self.run_dir = Path(config.out)
+        self.device = resolve_device(config.device)
+        self.amp = _amp_dtype(config.amp, self.device)
+        self.channels_last = self.device.type == "cuda"
+        self.phases = epoch_phases(config)
+        cfg = config
+
+        # ---- data (target masks: never in uda training; val only for --select target)
+        src = scan_domain(cfg.source, require_masks=True)
+        self.src_train, self.src_val = split_samples(src, cfg.val_fraction, cfg.seed)
+        self.tgt_train: list[Any] = []
+        self.tgt_val: list[Any] = []
+        self.tgt_labelled = False
+        self.oracle = False
+        if cfg.target:
+            need = cfg.mode == "sda"
+            tgt = scan_domain(cfg.target, require_masks=need)
+            train, val = split_samples(tgt, cfg.val_fraction, cfg.seed + 1)
+            if cfg.mode == "uda":
+                train = [_unmasked(s) for s in train]
+                if cfg.selection == "target":
+                    self.oracle = True
+                else:
+                    val = [_unmasked(s) for s in val]
+            self.tgt_train, self.tgt_val = train, val
+            self.tgt_labelled = cfg.mode == "sda"
+        if not self.src_train:
+            raise InputError(f"{cfg.source}: no training images left after the validation split")
+        if cfg.mode in ("sda", "uda") and not self.tgt_train:
+            raise InputError(f"{cfg.target}: no training images left after the validation split")
+        if cfg.selection == "source" and not self.src_val:
+            raise InputError("--select source needs a source validation split (val_fraction > 0)")
+        if cfg.selection == "target" and not any(s.mask is not None for s in self.tgt_val):
+            raise InputError("--select target needs a target domain with validation masks")
+        self.steps = cfg.steps_per_epoch or max(1, len(self.src_train) // cfg.batch_size)
+
+        # ---- networks (seeded so two runs with the same seed start identically)
+        _seed_everything(cfg.seed)
+        self.model = SegmentationNet(backbone=cfg.backbone, pretrained=cfg.pretrained)
+        self.discs: list[Any] = []
+        for spec in cfg.discs:
+            disc = create("discriminators", spec, self.model.feature_table)
+            self.discs.append(disc)
+        self.disc_names = _unique_names(cfg.discs)
+        if cfg.mode == "uda" and self.oracle is False and cfg.selection == "target":
+            raise AssertionError("unreachable")  # pragma: no cover
+        self.normalizer = None
+        if cfg.normalize:
+            from ..data.io import read_image
+
+            norm = create("normalizers", cfg.normalize)
+            norm.fit(read_image(cfg.reference))
+            self.normalizer = norm.to(self.device) if hasattr(norm, "to") else norm
+
+        self.model.to(self.device)
+        for d in self.discs:
+            d.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            for d in self.discs:
+                d.to(memory_format=torch.channels_last)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g, self.fused = _make_adam(list(self.model.parameters()), cfg.lr, betas,
+                                            self.device)
+        self.opt_d = [_make_adam(list(d.parameters()), cfg.disc_lr, betas, self.device)[0]
+                      for d in self.discs]
+        self.augment = self._build_augment()
+
+        # ---- bookkeeping
+        self.epoch = 0
+        self.best_score = -math.inf
+        self.best_epoch: int | None = None
+        self.best_record: dict[str, Any] | None = None
+        self.records: list[dict[str, Any]] = []
+        self._val_cache: dict[str, list] = {}
+        if resume_state is not None:
+            self._load(resume_state)
+
+    # ------------------------------------------------------------------ setup pieces
+    def _build_augment(self) -> Any:
+        if not self.cfg.augment and self.cfg.stain_jitter <= 0:
+            return None
+        from ..data import augment as aug_mod
+
+        parts = []
+        if self.cfg.augment:
+            parts.append(aug_mod.Augment())
+        if self.cfg.stain_jitter > 0:
+            parts.append(aug_mod.StainJitter(self.cfg.stain_jitter))
+        for p in parts:
+            if hasattr(p, "to"):
+                p.to(self.device)
+        return parts
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "discs": [d.state_dict() for d in self.discs],
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": [o.state_dict() for o in self.opt_d],
+            "best_score": self.best_score,
+            "best_epoch": -1 if self.best_epoch is None else self.best_epoch,
+            "rng": rng_state(),
+            "disc_specs": list(self.cfg.discs),
+        }
+
+    def _load(self, state: dict[str, Any]) -> None:
+        if list(state.get("disc_specs", [])) != list(self.cfg.discs):
+            raise InputError("state.pt was written for other discriminators than the config's")
+        self.model.load_state_dict(state["model"])
+        for d, sd in zip(self.discs, state["discs"], strict=True):
+            d.load_state_dict(sd)
+        self.opt_g.load_state_dict(state["opt_g"])
+        for o, sd in zip(self.opt_d, state["opt_d"], strict=True):
+            o.load_state_dict(sd)
+        self.epoch = int(state["epoch"])
+        self.best_score = float(state["best_score"])
+        self.best_epoch = None if state["best_epoch"] < 0 else int(state["best_epoch"])
+        set_rng_state(state["rng"])
+        path = self.run_dir / METRICS_FILE
+        if path.is_file():
+            lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            self.records = [json.loads(ln) for ln in lines[: self.epoch]]
+        if self.best_epoch is not None and self.best_epoch < len(self.records):
+            self.best_record = self.records[self.best_epoch]
+
+    def _loader(self, samples: list[Any], with_masks: bool, epoch: int, stream: int) -> Iterator:
+        from torch.utils.data import DataLoader
+
+        from ..data.dataset import CropDataset
+
+        ds = CropDataset(samples, self.cfg.image_size, length=self.steps * self.cfg.batch_size,
+                         seed=_epoch_seed(self.cfg.seed, epoch, stream), with_masks=with_masks)
+        return iter(DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=False, drop_last=True,
+                               num_workers=self.cfg.workers,
+                               pin_memory=self.device.type == "cuda"))
+
+    def _prepare(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        image = batch["image"].to(self.device, non_blocking=True)
+        mask = batch.get("mask")
+        if mask is not None:
+            mask = mask.to(self.device, non_blocking=True).float()
+        if self.normalizer is not None:
+            image = self.normalizer(image)
+        x = image.float() / 255.0
+        for part in self.augment or ():
+            name = type(part).__name__
+            if name == "StainJitter":
+                x = part(x)
+                if isinstance(x, tuple):
+                    x = x[0]
+            else:
+                x, mask = part(x, mask)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, mask
+
+    def _autocast(self) -> Any:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    # ------------------------------------------------------------------ the steps
+    def _real_masks(self, ys: torch.Tensor, yt: torch.Tensor | None) -> torch.Tensor:
+        """The shape discriminator's "real" set: S masks, and T masks in sda."""
+        if self.tgt_labelled and yt is not None:
+            return torch.cat([ys, yt]).float()
+        return ys.float()
+
+    def _opt_step(self, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                  acc: dict[str, torch.Tensor]) -> None:
+        bad = (~torch.isfinite(loss.detach())).float()
+        acc["skipped"] = acc["skipped"] + bad
+        if self.fused:
+            opt.found_inf = bad  # fused Adam skips the whole update when found_inf != 0
+            opt.step()
+            opt.found_inf = None
+        elif bad.item() == 0:  # pragma: no cover - only without fused Adam
+            opt.step()
+
+    def _add(self, acc: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+        value = value.detach().float()
+        acc[key] = acc[key] + value if key in acc else value
+
+    def _step(self, phase: str, src: dict[str, Any], tgt: dict[str, Any] | None,
+              acc: dict[str, torch.Tensor]) -> None:
+        cfg = self.cfg
+        xs, ys = self._prepare(src)
+        xt = yt = None
+        if tgt is not None:
+            xt, yt = self._prepare(tgt)
+        b = xs.shape[0]
+        use_t = xt is not None and (phase != "seg" or self.tgt_labelled)
+        x = torch.cat([xs, xt]) if use_t else xs
+
+        if phase == "disc":  # G frozen: eval mode, no graph
+            self.model.eval()
+            with torch.no_grad(), self._autocast():
+                logits, feats = self.model(x, return_features=True)
+            self.model.train()
+        else:
+            for d in self.discs:
+                d.requires_grad_(False)
+            with self._autocast():
+                if phase == "adv":
+                    logits, feats = self.model(x, return_features=True)
+                else:
+                    logits, feats = self.model(x), {}
+                l_seg = seg_loss(logits[:b], ys, cfg.dice_weight)
+                if use_t and self.tgt_labelled:
+                    l_seg = l_seg + seg_loss(logits[b:], yt, cfg.dice_weight)
+                loss = l_seg
+                if phase == "adv":
+                    probs = torch.sigmoid(logits.float())
+                    real = self._real_masks(ys, yt)
+                    for name, disc in zip(self.disc_names, self.discs, strict=True):
+                        if disc.kind == "shape":
+                            # mixed batch [real; predicted] as in the D step, so the
+                            # shape D's BatchNorm sees the same composition; only the
+                            # predictions' logits enter G's loss (flipped label 1)
+                            out = disc({"mask": torch.cat([real, probs])})
+                            out = {h: v[real.shape[0]:] for h, v in out.items()}
+                            flipped = torch.ones(x.shape[0], device=x.device)
+                        else:  # flipped domain labels: source -> 0, target -> 1
+                            out = disc({k: feats[k] for k in disc.consumes})
+                            flipped = torch.cat([torch.zeros(b, device=x.device),
+                                                 torch.ones(x.shape[0] - b, device=x.device)])
+                        for head, logit in out.items():
+                            term = F.binary_cross_entropy_with_logits(logit.float(), flipped)
+                            self._add(acc, f"adv_{name}.{head}", term)
+                            loss = loss + disc.weights[head] * term
+            self._add(acc, "seg", l_seg)
+            self._add(acc, "g_total", loss)
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            self._opt_step(self.opt_g, loss, acc)
+            for d in self.discs:
+                d.requires_grad_(True)
+        if phase == "seg":
+            return
+
+        # ---- D update on detached features / probabilities
+        feats_d = {k: v.detach() for k, v in feats.items()}
+        probs_d = torch.sigmoid(logits.detach().float())
+        n_t = x.shape[0] - b
+        for name, disc, opt in zip(self.disc_names, self.discs, self.opt_d, strict=True):
+            with self._autocast():
+                if disc.kind == "shape":
+                    real = self._real_masks(ys, yt)
+                    inputs = {"mask": torch.cat([real.float(), probs_d])}
+                    labels = torch.cat([torch.ones(real.shape[0], device=x.device),
+                                        torch.zeros(probs_d.shape[0], device=x.device)])
+                else:
+                    inputs = {k: feats_d[k] for k in disc.consumes}
+                    labels = torch.cat([torch.ones(b, device=x.device),
+                                        torch.zeros(n_t, device=x.device)])
+                out = disc(inputs)
+                d_loss = torch.zeros((), device=x.device)
+                for head, logit in out.items():
+                    term = F.binary_cross_entropy_with_logits(logit.float(), labels)
+                    d_loss = d_loss + term
+                    self._add(acc, f"d_{name}.{head}", term)
+                    correct = ((logit.detach().float() > 0).float() == labels).float().sum()
+                    self._add(acc, f"acc_{name}.{head}", correct / labels.numel())
+            opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self._opt_step(opt, d_loss, acc)
+
+    # ------------------------------------------------------------------ validation
+    def _val_items(self, which: str) -> list:
+        if which not in self._val_cache:
+            samples = self.src_val if which == "source" else self.tgt_val
+            self._val_cache[which] = load_domain_images(
+                [s for s in samples if s.mask is not None], with_masks=True)
+        return self._val_cache[which]
+
+    def validate(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        kw = dict(threshold=self.cfg.threshold, normalizer=self.normalizer, amp=self.amp)
+        if self.src_val:
+            out["source"] = evaluate_model(self.model, self._val_items("source"), self.device, **kw)
+        if any(s.mask is not None for s in self.tgt_val):
+            key = "target_oracle" if self.oracle else "target"
+            out[key] = evaluate_model(self.model, self._val_items("target"), self.device, **kw)
+        return {k: v for k, v in out.items() if v}
+
+    def _score(self, val: dict[str, dict[str, float]]) -> float | None:
+        sel = self.cfg.selection
+        if sel == "last":
+            return None
+        key = "source" if sel == "source" else ("target_oracle" if self.oracle else "target")
+        return val.get(key, {}).get("dice", -math.inf)
+
+    # ------------------------------------------------------------------ run folder
+    def _meta(self) -> dict[str, Any]:
+        norm = None
+        if self.normalizer is not None:
+            norm = normalizer_to_meta(self.cfg.normalize, self.normalizer)
+        return {
+            "backbone": self.cfg.backbone,
+            "image_size": self.cfg.image_size,
+            "threshold": self.cfg.threshold,
+            "normalizer": norm,
+            "mode": self.cfg.mode,
+            "discs": list(self.cfg.discs),
+            "input_range": "rgb/255 (float in [0, 1], after the normaliser if any)",
+        }
+
+    def _write_metrics(self) -> None:
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records)
+        atomic_write_text(self.run_dir / METRICS_FILE, text)
+
+    def _epoch(self, epoch: int, phase: str, progress: Any, task: Any) -> dict[str, Any]:
+        _seed_everything(_epoch_seed(self.cfg.seed, epoch, 99))
+        self.model.train()
+        for d in self.discs:
+            d.train()
+        src_it = self._loader(self.src_train, True, epoch, 0)
+        tgt_it = None
+        if self.tgt_train and (phase != "seg" or self.tgt_labelled):
+            tgt_it = self._loader(self.tgt_train, self.tgt_labelled, epoch, 1)
+        acc: dict[str, torch.Tensor] = {"skipped": torch.zeros((), device=self.device)}
+        start = time.perf_counter()
+        for step in range(self.steps):
+            src = next(src_it)
+            tgt = next(tgt_it) if tgt_it is not None else None
+            self._step(phase, src, tgt, acc)
+            if progress is not None:
+                desc = ""
+                if step % 10 == 9 or step == self.steps - 1:  # a sync every 10 steps only
+                    key = "g_total" if "g_total" in acc else next(
+                        (k for k in acc if k.startswith("d_")), None)
+                    g = acc.get(key) if key else None
+                    if g is not None:
+                        desc = f" loss {float(g) / (step + 1):.4f}"
+                    progress.update(task, advance=1, loss=desc)
+                else:
+                    progress.update(task, advance=1)
+        keys = list(acc)
+        values = torch.stack([acc[k].float() for k in keys]).tolist()  # one sync per epoch
+        sums = dict(zip(keys, values, strict=True))
+        skipped = int(round(sums.pop("skipped")))
+        losses = {k: v / self.steps for k, v in sums.items() if not k.startswith("acc_")}
+        disc_acc = {k[4:]: v / self.steps for k, v in sums.items() if k.startswith("acc_")}
+        train_seconds = time.perf_counter() - start
+        val = self.validate()
+        return {
+            "epoch": epoch,
+            "phase": phase,
+            "losses": losses,
+            "disc_acc": disc_acc,
+            "skipped_steps": skipped,
+            "val": val,
+            "seconds": round(time.perf_counter() - start, 3),
+            "train_seconds": round(train_seconds, 3),
+            "steps": self.steps,
+        }
+
+    def fit(self, max_epochs: int | None = None) -> TrainResult:
+        """Train from ``self.epoch`` to the end (or ``max_epochs`` more epochs)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / CONFIG_FILE, dumps_toml(self.cfg))
+        if self.epoch == 0:
+            save_state(self.run_dir / STATE_FILE, self._state())
+        start = time.perf_counter()
+        end = len(self.phases) if max_epochs is None else min(len(self.phases),
+                                                              self.epoch + max_epochs)
+        last_phase = self.phases[-1] if self.phases else "seg"
+        interrupted = False
+        with _sigterm_as_interrupt(), self._progress() as progress:
+            try:
+                while self.epoch < end:
+                    epoch = self.epoch
+                    phase = self.phases[epoch]
+                    task = None
+                    if progress is not None:
+                        task = progress.add_task(f"epoch {epoch + 1}/{len(self.phases)} {phase}",
+                                                 total=self.steps, loss="")
+                    record = self._epoch(epoch, phase, progress, task)
+                    selected = False
+                    if phase == last_phase:
+                        score = self._score(record["val"])
+                        if score is None or score > self.best_score:
+                            self.best_score = -math.inf if score is None else score
+                            self.best_epoch = epoch
+                            self.best_record = record
+                            selected = True
+                            save_model(self.run_dir, self.model, self._meta())
+                    record["selected"] = selected
+                    self.records.append(record)
+                    self.epoch = epoch + 1
+                    self._write_metrics()
+                    save_state(self.run_dir / STATE_FILE, self._state())
+                    write_curves(self.run_dir / "curves.png", self.records)
+                    if progress is not None and task is not None:
+                        progress.update(task, description=progress.tasks[-1].description
+                                        + _val_text(record["val"]))
+            except KeyboardInterrupt:
+                interrupted = True
+        if interrupted:
+            if self.console is not None:
+                self.console.print(
+                    f"interrupted: state after epoch {self.epoch} is in "
+                    f"{self.run_dir / STATE_FILE}; continue with "
+                    f"stainadapt train --resume {self.run_dir}", style="yellow")
+            raise KeyboardInterrupt
+        if self.epoch >= len(self.phases):
+            if self.best_epoch is None:  # no epoch of the last phase ran (0 epochs)
+                save_model(self.run_dir, self.model, self._meta())
+            self._write_samples()
+        result = TrainResult(
+            run_dir=self.run_dir, epochs=self.epoch, best_epoch=self.best_epoch,
+            best=self.best_record, records=self.records,
+            skipped_steps=sum(r.get("skipped_steps", 0) for r in self.records),
+            seconds=time.perf_counter() - start,
+        )
+        if self.console is not None:
+            self.console.print(summary_table(result, self.cfg, self.oracle))
+        return result
+
+    def _progress(self) -> Any:
+        if not self.show_progress:
+            return contextlib.nullcontext(None)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[loss]}"), TimeElapsedColumn(),
+                        console=self.console, transient=False)
+
+    def _write_samples(self) -> None:
+        """Overlays of the selected model on a few validation images of each domain."""
+        if self.cfg.samples <= 0:
+            return
+        from ..engine.checkpoint import load_model
+
+        try:
+            model, _ = load_model(self.run_dir, device=self.device)
+        except InputError:  # pragma: no cover - model.safetensors always exists here
+            model = self.model
+        folder = self.run_dir / "samples"
+        for which, samples in (("source", self.src_val), ("target", self.tgt_val)):
+            chosen = samples[: self.cfg.samples]
+            if not chosen:
+                continue
+            for name, image, mask in load_domain_images(chosen, with_masks=True):
+                prob = predict_probs(model, image, self.device, self.normalizer, self.amp)
+                pred = (prob > self.cfg.threshold).cpu().numpy()
+                write_overlay(folder / f"{which}_{name}.png", image, pred, mask)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _unmasked(sample: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(sample, mask=None)
+
+
+def _unique_names(specs: list[str]) -> list[str]:
+    names: list[str] = []
+    for spec in specs:
+        base = spec.partition(":")[0].strip()
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _val_text(val: dict[str, dict[str, float]]) -> str:
+    parts = [f" {k} dice {v['dice']:.3f}" for k, v in val.items() if "dice" in v]
+    return "".join(parts)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C while training (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def summary_table(result: TrainResult, cfg: TrainConfig, oracle: bool = False) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{cfg.mode} run: {result.run_dir}")
+    table.add_column("item")
+    table.add_column("value")
+    table.add_row("epochs", f"{result.epochs} ({', '.join(_phase_counts(cfg))})")
+    sel = cfg.selection + (" (oracle: uses target masks)" if oracle else "")
+    table.add_row("selection", sel)
+    if result.best_epoch is not None:
+        table.add_row("selected epoch", str(result.best_epoch + 1))
+    for split, vals in ((result.best or {}).get("val") or {}).items():
+        label = "target (oracle)" if split == "target_oracle" else split
+        table.add_row(f"val {label} Dice", f"{vals['dice']:.4f} ± {vals['dice_std']:.4f}")
+        table.add_row(f"val {label} accuracy",
+                      f"{vals['accuracy']:.4f} ± {vals['accuracy_std']:.4f}")
+    if result.records:
+        accs = result.records[-1].get("disc_acc") or {}
+        for k, v in accs.items():
+            table.add_row(f"D accuracy {k} (last epoch)", f"{v:.3f}")
+    table.add_row("skipped steps (non-finite)", str(result.skipped_steps))
+    table.add_row("seconds", f"{result.seconds:.1f}")
+    return table
+
+
+def _phase_counts(cfg: TrainConfig) -> list[str]:
+    phases = epoch_phases(cfg)
+    return [f"{p} {phases.count(p)}" for p in ("seg", "disc", "adv") if p in phases]
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def train(config: TrainConfig, console: Any = None, progress: bool = False,
+          max_epochs: int | None = None) -> TrainResult:
+    """Train a fresh run into ``config.out`` (refuses a folder that already has a run)."""
+    out = Path(config.out)
+    if (out / STATE_FILE).exists() or (out / METRICS_FILE).exists():
+        raise InputError(f"{out}: already holds a run; use --resume {out} or another --out")
+    return Trainer(config, console=console, progress=progress).fit(max_epochs=max_epochs)
+
+
+def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, console: Any = None,
+           progress: bool = False, max_epochs: int | None = None) -> TrainResult:
+    """Continue the run in ``run_dir`` from its last epoch boundary."""
+    run = Path(run_dir)
+    if not (run / CONFIG_FILE).is_file():
+        raise InputError(f"{run}: no {CONFIG_FILE}; is this a stainadapt run folder?")
+    values = load_toml(run / CONFIG_FILE)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key in FROZEN_ON_RESUME:
+        if key in given and given[key] != values.get(key):
+            raise InputError(f"--resume: {key} cannot change in a resumed run "
+                             f"(run has {values.get(key)!r}, got {given[key]!r})")
+    values.update(given)
+    values["out"] = str(run)
+    config = TrainConfig(**values).validate()
+    state = load_state(run / STATE_FILE)
+    trainer = Trainer(config, console=console, progress=progress, resume_state=state)
+    return trainer.fit(max_epochs=max_epochs)
