@@ -2,13 +2,14 @@
 
 Per image (batched): tissue OD ``V`` ``(3, n)`` is factorised as ``W @ H`` with
 ``W >= 0`` (unit columns: the stain vectors) and ``H >= 0`` sparse (L1 weight ``lam``
-on the concentrations), by alternating ISTA steps on ``H`` with a projected
-least-squares update of ``W``. ``W`` starts from the Macenko estimate, so the result is
-deterministic and the order is stable (hematoxylin first: the larger red OD). Then, for
-the transform, concentrations are non-negative least squares, approximated by clamping
-the pseudo-inverse solution at 0 (so no pixel can become brighter than ``Io`` in any
-channel: background stays white-grey, never cyan), scaled by 99th percentiles as in
-Macenko, and rebuilt with the reference stain vectors.
+on the concentrations), by alternating the exact non-negative lasso for ``H`` (closed
+form with two stains) with a projected least-squares update of ``W``. ``W`` starts from
+the Macenko estimate, so the result is deterministic and the order is stable
+(hematoxylin first: the larger red OD). Then, for the transform, concentrations are
+non-negative least squares, approximated by clamping the pseudo-inverse solution at 0
+(so no pixel can become brighter than ``Io`` in any channel: background stays
+white-grey, never cyan), scaled by 99th percentiles as in Macenko, and rebuilt with the
+reference stain vectors.
 """
 
 from __future__ import annotations
@@ -26,15 +27,38 @@ from .od import masked_quantile, od_from_intensity, tissue_mask
 __all__ = ["Vahadane", "sparse_nmf"]
 
 
-def sparse_nmf(v: Tensor, w0: Tensor, lam: float = 0.1, n_iter: int = 50, inner: int = 4) -> Tensor:
+def _lasso2(g: Tensor, wtv: Tensor, lam: float) -> Tensor:
+    """Exact non-negative lasso with two unknowns per pixel, batched.
+
+    Minimises ``h^T G h / 2 - (W^T v - lam)^T h`` over ``h >= 0`` for every column: the
+    unconstrained optimum when it is non-negative (KKT), else the better of the two
+    one-stain optima. ``g`` ``(B, 2, 2)``, ``wtv`` ``(B, 2, n)`` -> ``(B, 2, n)``.
+    """
+    r = wtv - lam
+    eye = torch.eye(2, dtype=g.dtype, device=g.device)
+    both = torch.linalg.solve(g + 1e-8 * eye, r)
+    g00 = g[:, 0, 0, None].clamp(min=1e-8)
+    g11 = g[:, 1, 1, None].clamp(min=1e-8)
+    a = (r[:, 0] / g00).clamp(min=0)
+    b = (r[:, 1] / g11).clamp(min=0)
+    use_a = (0.5 * g00 * a * a - r[:, 0] * a) <= (0.5 * g11 * b * b - r[:, 1] * b)
+    zero = torch.zeros_like(a)
+    single = torch.stack((torch.where(use_a, a, zero), torch.where(use_a, zero, b)), dim=1)
+    return torch.where((both >= 0).all(dim=1, keepdim=True), both, single)
+
+
+def sparse_nmf(v: Tensor, w0: Tensor, lam: float = 0.1, n_iter: int = 50) -> Tensor:
     """Batched sparse NMF: ``min ||V - W H||^2 / 2 + lam |H|_1``, ``W, H >= 0``.
+
+    Alternates the exact non-negative lasso for ``H`` (two stains: solvable in closed
+    form per pixel) with least squares for ``W`` projected onto ``W >= 0`` and unit
+    columns.
 
     Args:
         v: ``(B, 3, n)`` OD; columns that should not count (background) are zero.
         w0: ``(B, 3, 2)`` initial stain vectors.
         lam: L1 weight on the concentrations.
-        n_iter: outer iterations (one ``W`` update each).
-        inner: ISTA steps on ``H`` per outer iteration.
+        n_iter: alternations.
 
     Returns:
         ``(B, 3, 2)`` non-negative unit-norm stain vectors.
@@ -42,17 +66,9 @@ def sparse_nmf(v: Tensor, w0: Tensor, lam: float = 0.1, n_iter: int = 50, inner:
     w = w0.clamp(min=0)
     w = w / w.norm(dim=1, keepdim=True).clamp(min=1e-8)
     live = (v.abs().sum(dim=1, keepdim=True) > 0).to(v.dtype)  # (B, 1, n)
-    h = (torch.linalg.pinv(w) @ v).clamp(min=0) * live
     eye = torch.eye(2, dtype=v.dtype, device=v.device)
     for _ in range(n_iter):
-        g = w.transpose(1, 2) @ w  # (B, 2, 2)
-        wtv = w.transpose(1, 2) @ v  # (B, 2, n)
-        # Step 1/trace(G) <= 1/L (L = largest eigenvalue of G): ISTA converges.
-        step = (1.0 / g.diagonal(dim1=1, dim2=2).sum(dim=1).clamp(min=1e-8))[:, None, None]
-        for _ in range(inner):
-            grad = torch.baddbmm(wtv - lam, g, h, beta=-1.0, alpha=1.0)  # G H - W^T V + lam
-            h = (h - step * grad).clamp_(min=0).mul_(live)
-        # W: least squares given H, projected onto W >= 0, columns back to unit norm.
+        h = _lasso2(w.transpose(1, 2) @ w, w.transpose(1, 2) @ v, lam) * live
         hht = h @ h.transpose(1, 2) + 1e-6 * eye
         wt = torch.linalg.solve(hht, h @ v.transpose(1, 2))  # (B, 2, 3)
         w_new = wt.transpose(1, 2).clamp(min=0)
@@ -68,7 +84,7 @@ class Vahadane(StainNormalizer):
         io, beta, percentile: as :class:`~stainadapt.normalizers.macenko.Macenko`.
         lam: L1 weight on the concentrations during dictionary learning (0.1, as the
             reference implementations pass to spams).
-        n_iter, inner: outer iterations and ISTA steps per iteration.
+        n_iter: NMF alternations (exact lasso for H, projected least squares for W).
         nmf_samples: at most this many sampled pixels per image enter the NMF.
         max_samples, min_tissue, seed, chunk_pixels: see :class:`StainNormalizer`.
 
@@ -82,7 +98,6 @@ class Vahadane(StainNormalizer):
         percentile: float = 99.0,
         lam: float = 0.1,
         n_iter: int = 50,
-        inner: int = 4,
         nmf_samples: int = 2**14,
         max_samples: int = 2**18,
         min_tissue: float = 0.01,
@@ -92,12 +107,11 @@ class Vahadane(StainNormalizer):
         super().__init__(io, beta, max_samples, min_tissue, seed, chunk_pixels)
         if not 0 < percentile <= 100:
             raise InputError(f"percentile must be in (0, 100]; got {percentile}")
-        if lam < 0 or n_iter < 1 or inner < 1 or nmf_samples < 16:
-            raise InputError("need lam >= 0, n_iter >= 1, inner >= 1, nmf_samples >= 16")
+        if lam < 0 or n_iter < 1 or nmf_samples < 16:
+            raise InputError("need lam >= 0, n_iter >= 1, nmf_samples >= 16")
         self.percentile = float(percentile)
         self.lam = float(lam)
         self.n_iter = int(n_iter)
-        self.inner = int(inner)
         self.nmf_samples = int(nmf_samples)
         self.register_buffer("stain_matrix", torch.tensor(DEFAULT_STAIN_MATRIX))
         self.register_buffer("max_concentrations", torch.tensor(DEFAULT_MAX_CONCENTRATIONS))
@@ -109,7 +123,7 @@ class Vahadane(StainNormalizer):
         ok = ok & self._enough_tissue(tissue)
         stride = max(1, math.ceil(od.shape[2] / self.nmf_samples))
         v = od[:, :, ::stride] * tissue[:, None, ::stride].to(od.dtype)
-        w = sparse_nmf(v, w0, self.lam, self.n_iter, self.inner)
+        w = sparse_nmf(v, w0, self.lam, self.n_iter)
         h_first = (w[:, 0, 0] >= w[:, 0, 1])[:, None, None]  # hematoxylin: larger red OD
         w = torch.where(h_first, w, w.flip(2))
         cos = (w[:, :, 0] * w[:, :, 1]).sum(dim=1)
