@@ -1,0 +1,100 @@
+"""Random crops of a domain's images (and masks) as a torch Dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .folders import Sample
+from .io import read_image, read_mask
+
+__all__ = ["CropDataset", "pad_to"]
+
+
+def pad_to(arr: np.ndarray, size: int) -> np.ndarray:
+    """Reflect-pad the first two axes (centred) up to at least ``size``."""
+    h, w = arr.shape[:2]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if not ph and not pw:
+        return arr
+    pad = [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)] + [(0, 0)] * (arr.ndim - 2)
+    return np.pad(arr, pad, mode="reflect")  # numpy reflects repeatedly if needed
+
+
+class CropDataset(Dataset):
+    """Random ``crop_size`` crops of ``samples``.
+
+    Item ``i`` is a crop of image ``i % len(samples)`` at a position drawn from a
+    generator seeded by ``(seed, epoch, i)`` -- call :meth:`set_epoch` each epoch for new
+    crops; the same seed and epoch give the same crops in any worker. Images smaller than
+    the crop are reflect-padded. Images are read lazily and kept in memory.
+
+    Items: ``{"image": uint8 (3, S, S), "mask": float32 (1, S, S), "name": str}``
+    (``"mask"`` only when ``with_masks`` is true).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        crop_size: int,
+        length: int | None = None,
+        seed: int = 0,
+        with_masks: bool = True,
+        mask_threshold: float | None = None,
+    ) -> None:
+        if not samples:
+            raise ValueError("CropDataset needs at least one sample")
+        if with_masks and any(s.mask is None for s in samples):
+            missing = next(s for s in samples if s.mask is None)
+            from ..errors import InputError
+
+            raise InputError(f"{missing.image}: no mask (needed for a labelled domain)")
+        self.samples = list(samples)
+        self.crop_size = int(crop_size)
+        self.length = int(length) if length is not None else len(self.samples)
+        self.seed = int(seed)
+        self.with_masks = with_masks
+        self.mask_threshold = mask_threshold
+        self.epoch = 0
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _load(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if k not in self._cache:
+            s = self.samples[k]
+            img = pad_to(read_image(s.image), self.crop_size)
+            mask = None
+            if self.with_masks:
+                mask = pad_to(read_mask(s.mask, threshold=self.mask_threshold), self.crop_size)
+            self._cache[k] = (img, mask)
+        return self._cache[k]
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        k = i % len(self.samples)
+        img, mask = self._load(k)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        h, w = img.shape[:2]
+        c = self.crop_size
+        y = int(rng.integers(0, h - c + 1))
+        x = int(rng.integers(0, w - c + 1))
+        item = {
+            "image": torch.from_numpy(
+                np.ascontiguousarray(img[y : y + c, x : x + c].transpose(2, 0, 1))
+            ),
+            "name": self.samples[k].name,
+        }
+        if mask is not None:
+            item["mask"] = torch.from_numpy(
+                mask[y : y + c, x : x + c].astype(np.float32)[None].copy()
+            )
+        return item
