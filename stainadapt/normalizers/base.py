@@ -49,7 +49,10 @@ def as_batch(images: Any, allow_numpy: bool = False) -> tuple[Tensor, bool, bool
             raise InputError("normaliser input must be a torch tensor (B, 3, H, W) or (3, H, W)")
         if images.ndim != 3 or images.shape[2] != 3:
             raise InputError(f"numpy images must be (H, W, 3); got shape {images.shape}")
-        images = torch.from_numpy(np.ascontiguousarray(images)).permute(2, 0, 1)
+        arr = np.ascontiguousarray(images)
+        if not arr.flags.writeable:  # torch refuses read-only memory
+            arr = arr.copy()
+        images = torch.from_numpy(arr).permute(2, 0, 1)
     if not isinstance(images, Tensor):
         raise InputError(f"normaliser input must be a tensor, got {type(images).__name__}")
     if images.ndim not in (3, 4) or images.shape[-3] != 3:
