@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .base import Discriminator, LogitHead, check_layer, check_weight, conv_block
+from .base import Discriminator, LogitHead, check_layer, check_weight, conv_block, width_at
 
 __all__ = ["SingleDiscriminator", "create_single"]
 
@@ -18,21 +18,25 @@ class SingleDiscriminator(Discriminator):
 
     The number of stride-2 convolutions is ``max(2, log2(32 / stride))``, so a fine map
     (f9, stride 1) is reduced to stride 32 like the bottleneck, and a coarse one still
-    gets two layers. Widths start at ``width`` and double up to 256.
+    gets two layers. After each convolution the width is ``base * stride`` (clamped to
+    16..256), so every layer costs about the same and SF-9 stays cheap at full
+    resolution.
     """
 
     def __init__(
-        self, layer: str, channels: int, stride: int, weight: float, width: int = 64
+        self, layer: str, channels: int, stride: int, weight: float, base: int = 8
     ) -> None:
-        super().__init__("single", {"layer": layer, "weight": weight, "width": width})
+        super().__init__("single", {"layer": layer, "weight": weight, "base": base})
         self.consumes = (layer,)
         self.weights = {"single": weight}
         n_down = max(2, int(round(math.log2(32 / stride))))
         layers: list[nn.Module] = []
-        cin, cout = channels, width
+        cin = channels
         for _ in range(n_down):
+            stride *= 2
+            cout = width_at(stride, base=base)
             layers.append(conv_block(cin, cout, stride=2))
-            cin, cout = cout, min(256, cout * 2)
+            cin = cout
         self.body = nn.Sequential(*layers)
         self.head = LogitHead(cin)
 
@@ -46,9 +50,9 @@ def create_single(
     *,
     layer: str = "f4",
     weight: float = 0.01,
-    width: int = 64,
+    base: int = 8,
 ) -> SingleDiscriminator:
     """SF-l: ``--disc single:layer=f9,weight=0.05``. ``features``: name -> (channels, stride)."""
     layer = check_layer("single", layer, features)
     channels, stride = features[layer]
-    return SingleDiscriminator(layer, channels, stride, check_weight("weight", weight), int(width))
+    return SingleDiscriminator(layer, channels, stride, check_weight("weight", weight), int(base))

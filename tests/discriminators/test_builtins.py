@@ -48,7 +48,7 @@ def test_defaults_follow_the_paper(net):
 def test_single_layer_option(net):
     disc = make("single:layer=f9,weight=0.05", net)
     assert disc.consumes == ("f9",) and disc.weights == {"single": 0.05}
-    assert disc.spec == "single:layer=f9,weight=0.05,width=64"
+    assert disc.spec == "single:layer=f9,weight=0.05,base=8"
 
 
 def test_single_bad_layer_lists_the_valid_ones(net):
