@@ -320,24 +320,20 @@ class Trainer:
         self.best_record: dict[str, Any] | None = None
         self.records: list[dict[str, Any]] = []
         self._val_cache: dict[str, list] = {}
+        self._datasets: dict[tuple[int, bool], Any] = {}
         if resume_state is not None:
             self._load(resume_state)
 
     # ------------------------------------------------------------------ setup pieces
     def _build_augment(self) -> Any:
-        if not self.cfg.augment and self.cfg.stain_jitter <= 0:
-            return None
-        from ..data import augment as aug_mod
+        """Augment (with the stain jitter folded in) or StainJitter alone, on the device."""
+        from ..data.augment import Augment, StainJitter
 
-        parts = []
         if self.cfg.augment:
-            parts.append(aug_mod.Augment())
+            return Augment(stain_jitter=self.cfg.stain_jitter).to(self.device)
         if self.cfg.stain_jitter > 0:
-            parts.append(aug_mod.StainJitter(self.cfg.stain_jitter))
-        for p in parts:
-            if hasattr(p, "to"):
-                p.to(self.device)
-        return parts
+            return StainJitter(self.cfg.stain_jitter).to(self.device)
+        return None
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -374,13 +370,22 @@ class Trainer:
             self.best_record = self.records[self.best_epoch]
 
     def _loader(self, samples: list[Any], with_masks: bool, epoch: int, stream: int) -> Iterator:
+        """An iterator over this epoch's batches: crops and order depend on (seed, epoch)."""
         from torch.utils.data import DataLoader
 
         from ..data.dataset import CropDataset
 
-        ds = CropDataset(samples, self.cfg.image_size, length=self.steps * self.cfg.batch_size,
-                         seed=_epoch_seed(self.cfg.seed, epoch, stream), with_masks=with_masks)
-        return iter(DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=False, drop_last=True,
+        key = (stream, with_masks)
+        ds = self._datasets.get(key)
+        if ds is None:  # one dataset per stream: it keeps the decoded images in memory
+            ds = CropDataset(samples, self.cfg.image_size,
+                             length=self.steps * self.cfg.batch_size,
+                             seed=self.cfg.seed * 10 + stream, with_masks=with_masks)
+            self._datasets[key] = ds
+        ds.set_epoch(epoch)
+        order = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch, stream))
+        return iter(DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True,
+                               generator=order, drop_last=True,
                                num_workers=self.cfg.workers,
                                pin_memory=self.device.type == "cuda"))
 
@@ -392,14 +397,11 @@ class Trainer:
         if self.normalizer is not None:
             image = self.normalizer(image)
         x = image.float() / 255.0
-        for part in self.augment or ():
-            name = type(part).__name__
-            if name == "StainJitter":
-                x = part(x)
-                if isinstance(x, tuple):
-                    x = x[0]
+        if self.augment is not None:
+            if isinstance(self.augment, StainJitterType()):
+                x = self.augment(x)
             else:
-                x, mask = part(x, mask)
+                x, mask = self.augment(x, mask)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, mask
@@ -704,6 +706,12 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def StainJitterType() -> type:  # noqa: N802 - a lazily imported class
+    from ..data.augment import StainJitter
+
+    return StainJitter
 
 
 def _unmasked(sample: Any) -> Any:
