@@ -388,7 +388,7 @@ def write_image(path: Path | str, array: np.ndarray) -> Path:
         if suffix == ".png":
             from PIL import Image
 
-            Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
+            Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG", compress_level=1)
         else:
             import tifffile
 
