@@ -19,7 +19,6 @@ from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
 from stainadapt.data import synth
-from stainadapt.data.io import write_image
 
 OUT = Path(__file__).parent / "images" / "synth_contact_sheet.png"
 
@@ -33,12 +32,12 @@ def outline(img: np.ndarray, mask: np.ndarray, width: int = 2) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=5)
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    pad, label_w = 4, 70
+    pad, label_w = 4, 64
     rows = []
     for stain in ("pasm", "masson"):
         tiles = []
@@ -56,7 +55,8 @@ def main() -> None:
         draw.text((6, y + s // 2 - 6), stain.upper(), fill=(0, 0, 0))
         for c, tile in enumerate(tiles):
             sheet.paste(Image.fromarray(tile), (label_w + pad + c * (s + pad), y))
-    write_image(args.out, np.asarray(sheet))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.out, optimize=True)  # smallest PNG: it lives in the repository
     print(f"wrote {args.out}")
 
 

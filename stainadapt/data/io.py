@@ -44,6 +44,8 @@ __all__ = [
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_EXTS = (".png", ".tif", ".tiff")
 TIFF_EXTS = (".tif", ".tiff")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 #: Images whose header claims more pixels than this are refused before decoding.
 DEFAULT_MAX_PIXELS = 2**31
 
@@ -401,6 +403,7 @@ def write_image(path: Path | str, array: np.ndarray) -> Path:
                 bigtiff=big,
                 tile=(256, 256) if arr.shape[0] * arr.shape[1] > 4096 * 4096 else None,
             )
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; honour the umask like open()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

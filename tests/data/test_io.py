@@ -162,3 +162,12 @@ def test_mask_rgb_and_values(tmp_path):
     assert np.array_equal(read_mask(path, threshold=1), many > 1)
     ones = write_image(tmp_path / "ones.png", np.full((4, 4), 3, np.uint8))
     assert read_mask(ones).all()
+
+
+def test_written_file_mode_follows_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    os.umask(old)
+    path = write_image(tmp_path / "m.png", np.zeros((4, 4), np.uint8))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~old
