@@ -82,7 +82,8 @@ def check_discriminator(
     assert disc.kind in ("domain", "shape"), f"{label}: kind {disc.kind!r}"
     consumes = tuple(disc.consumes)
     assert consumes, f"{label}: consumes nothing"
-    allowed = ("mask",) if disc.kind == "shape" else tuple(table)
+    # a domain discriminator may read features or the prediction (output space, AdaptSegNet)
+    allowed = ("mask",) if disc.kind == "shape" else (*table, "mask")
     assert set(consumes) <= set(allowed), f"{label}: consumes {consumes}, allowed {allowed}"
     assert disc.weights and all(
         isinstance(k, str) and math.isfinite(v) and v >= 0 for k, v in disc.weights.items()

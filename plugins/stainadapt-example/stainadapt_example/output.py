@@ -22,7 +22,7 @@ class OutputDiscriminator(Discriminator):
     consumes = ("mask",)
 
     def __init__(self, width: int = 32, depth: int = 4, weight: float = 0.01) -> None:
-        super().__init__()
+        super().__init__("output", {"width": width, "depth": depth, "weight": weight})
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.weights = {"output": float(weight)}
