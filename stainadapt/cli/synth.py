@@ -19,7 +19,7 @@ def synth(
         list[str] | None,
         typer.Option("--stain", "-s", help="Stain to render: pasm, masson or pas (repeatable)."),
     ] = None,
-    n: Annotated[int, typer.Option("-n", "--n", help="Tiles per stain.")] = 100,
+    n: Annotated[int, typer.Option("-n", "--count", help="Tiles per stain.")] = 100,
     size: Annotated[int, typer.Option("--size", help="Tile side in pixels.")] = 512,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:

@@ -51,6 +51,8 @@ def default_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
         generate(tmp, stains=STAINS, n=n, size=size, seed=seed, progress=progress)
+        readme = tmp / "README.txt"
+        readme.write_text(readme.read_text().replace(str(tmp), str(final)))
         try:
             os.rename(tmp, final)
         except OSError:

@@ -83,6 +83,7 @@ def test_cache(tmp_path, monkeypatch):
     assert cache.default_dataset(n=2, size=64) == path
     assert (path / "README.txt").stat().st_mtime_ns == stamp  # reused, not regenerated
     assert read_mask(path / "pasm" / "masks" / "pasm_0000.png").shape == (64, 64)
+    assert f"synth {path} --stain pasm" in (path / "README.txt").read_text()
 
 
 def test_cache_root_env(monkeypatch, tmp_path):
