@@ -7,8 +7,9 @@ A concrete normaliser supplies three pieces of maths, all batched over images:
   says which images had enough tissue and a non-degenerate estimate;
 * ``_set_reference(stats)``: store the statistics of one reference image (batch of 1)
   in the module's buffers;
-* ``_params(stats)`` -> tuple of ``(B, ...)`` tensors, and ``_transform(x, params)``:
-  intensities ``(B, 3, S)`` -> normalised intensities ``(B, 3, S)`` (0..255, float).
+* ``_params(stats)`` -> tuple of ``(B, ...)`` tensors (in the compute dtype), and
+  ``_transform(x, params)``: intensities ``(B, 3, S)`` (0..255; uint8 as given, or
+  float) -> normalised intensities ``(B, 3, S)`` (0..255, float).
 
 The base class turns this into ``fit(reference)`` and ``forward(images)`` with one
 contract for every normaliser: uint8 ``(3, H, W)`` or ``(B, 3, H, W)`` (or float in
@@ -109,7 +110,7 @@ class StainNormalizer(nn.Module):
         self,
         io: float = 240.0,
         beta: float = 0.15,
-        max_samples: int = 2**18,
+        max_samples: int = 2**16,
         min_tissue: float = 0.01,
         seed: int = 0,
         chunk_pixels: int = 2**21,
@@ -213,7 +214,9 @@ class StainNormalizer(nn.Module):
             dst = torch.empty_like(src)
             step = max(1, self.chunk_pixels // src.shape[0])
             for s in range(0, h * w, step):
-                x = _to_intensity(src[:, :, s : s + step], dtype, is_float)
+                x = src[:, :, s : s + step]
+                if is_float:  # uint8 goes in as is: kernels convert on the fly
+                    x = _to_intensity(x, dtype, True)
                 dst[:, :, s : s + step] = _from_intensity(self._transform(x, params), flat.dtype)
             if n_bad:
                 out = flat.clone()

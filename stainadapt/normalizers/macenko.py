@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from .base import StainNormalizer
-from .od import masked_quantile, od_from_intensity, tissue_mask
+from .od import intensity_to_log, masked_quantile, od_from_intensity, tissue_mask
 
 __all__ = ["DEFAULT_MAX_CONCENTRATIONS", "DEFAULT_STAIN_MATRIX", "Macenko", "macenko_stains"]
 
@@ -110,7 +110,7 @@ class Macenko(StainNormalizer):
         alpha: float = 1.0,
         beta: float = 0.15,
         percentile: float = 99.0,
-        max_samples: int = 2**18,
+        max_samples: int = 2**16,
         min_tissue: float = 0.01,
         seed: int = 0,
         chunk_pixels: int = 2**21,
@@ -153,4 +153,4 @@ class Macenko(StainNormalizer):
 
     def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
         m, c = params
-        return torch.baddbmm(c, m, torch.log1p(x)).exp_()
+        return torch.bmm(m, intensity_to_log(x, m.dtype)).add_(c).exp_()

@@ -21,9 +21,9 @@ from .od import od_from_intensity, tissue_mask
 __all__ = ["Reinhard"]
 
 
-def _lab(x: Tensor) -> Tensor:
-    """Intensities ``(B, 3, S)`` in 0..255 -> LAB ``(B, 3, S)``."""
-    return rgb_to_lab((x / 255.0).unsqueeze(-1)).squeeze(-1)
+def _lab(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Intensities ``(B, 3, S)`` in 0..255 -> LAB ``(B, 3, S)`` in ``dtype``."""
+    return rgb_to_lab((x.to(dtype) / 255.0).unsqueeze(-1)).squeeze(-1)
 
 
 class Reinhard(StainNormalizer):
@@ -47,7 +47,7 @@ class Reinhard(StainNormalizer):
         tissue_only: bool = False,
         io: float = 240.0,
         beta: float = 0.15,
-        max_samples: int = 2**18,
+        max_samples: int = 2**16,
         min_tissue: float = 0.01,
         seed: int = 0,
         chunk_pixels: int = 2**20,
@@ -61,7 +61,7 @@ class Reinhard(StainNormalizer):
     def _statistics(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         tissue = tissue_mask(od_from_intensity(x, self.io, x.dtype), self.beta)
         ok = self._enough_tissue(tissue)
-        lab = _lab(x)
+        lab = _lab(x, x.dtype)
         w = tissue.to(x.dtype) if self.tissue_only else torch.ones_like(lab[:, 0])
         n = w.sum(dim=1).clamp(min=1)[:, None]
         mean = (lab * w[:, None]).sum(dim=2) / n
@@ -86,5 +86,5 @@ class Reinhard(StainNormalizer):
 
     def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
         scale, shift = params
-        lab = torch.addcmul(shift, _lab(x), scale)
+        lab = torch.addcmul(shift, _lab(x, scale.dtype), scale)
         return lab_to_rgb(lab.unsqueeze(-1), clip=True).squeeze(-1).mul_(255.0)

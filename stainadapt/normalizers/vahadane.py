@@ -22,7 +22,7 @@ from torch import Tensor
 from ..errors import InputError
 from .base import StainNormalizer
 from .macenko import DEFAULT_MAX_CONCENTRATIONS, DEFAULT_STAIN_MATRIX, macenko_stains
-from .od import masked_quantile, od_from_intensity, tissue_mask
+from .od import intensity_to_log, masked_quantile, od_from_intensity, tissue_mask
 
 __all__ = ["Vahadane", "sparse_nmf"]
 
@@ -99,7 +99,7 @@ class Vahadane(StainNormalizer):
         lam: float = 0.1,
         n_iter: int = 50,
         nmf_samples: int = 2**14,
-        max_samples: int = 2**18,
+        max_samples: int = 2**16,
         min_tissue: float = 0.01,
         seed: int = 0,
         chunk_pixels: int = 2**21,
@@ -153,5 +153,5 @@ class Vahadane(StainNormalizer):
 
     def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
         p, c, ref = params
-        conc = torch.baddbmm(c, p, torch.log1p(x), alpha=-1.0).clamp_(min=0)  # (B, 2, S)
+        conc = torch.baddbmm(c, p, intensity_to_log(x, p.dtype), alpha=-1.0).clamp_(min=0)
         return torch.bmm(ref, conc).neg_().add_(math.log(self.io)).exp_()

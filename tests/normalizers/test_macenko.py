@@ -37,20 +37,26 @@ def test_default_reference_before_fit(ihc_t):
 
 
 def test_stain_order_stable_under_permutation(ihc_t):
-    a = Macenko().fit(ihc_t).stain_matrix.clone()
+    exact = Macenko(max_samples=2**18).fit(ihc_t).stain_matrix.clone()  # every pixel
+    sampled = Macenko().fit(ihc_t).stain_matrix.clone()  # seeded subsample
     flat = ihc_t.reshape(3, -1)
     for seed in range(3):
         perm = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(seed))
         shuffled = flat[:, perm].reshape(ihc_t.shape)
-        b = Macenko().fit(shuffled).stain_matrix
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+        # with every pixel the estimate cannot depend on their order
+        b = Macenko(max_samples=2**18).fit(shuffled).stain_matrix
+        torch.testing.assert_close(exact, b, atol=1e-4, rtol=0)
+        # a subsample sees other pixels, but the order and the vectors hold
+        c = Macenko().fit(shuffled).stain_matrix
+        torch.testing.assert_close(sampled, c, atol=0.02, rtol=0)
+        assert c[0, 0] > c[0, 1]
     # hematoxylin (larger red OD) first
-    assert a[0, 0] > a[0, 1]
+    assert exact[0, 0] > exact[0, 1]
 
 
 def test_flip_and_rotation_give_same_stains(ihc_t):
-    a = Macenko().fit(ihc_t).stain_matrix
-    b = Macenko().fit(torch.rot90(ihc_t, 2, dims=(1, 2))).stain_matrix
+    a = Macenko(max_samples=2**18).fit(ihc_t).stain_matrix
+    b = Macenko(max_samples=2**18).fit(torch.rot90(ihc_t, 2, dims=(1, 2))).stain_matrix
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
@@ -146,7 +152,7 @@ def test_chunking_does_not_change_output(ihc_t, ref_t):
 
 
 def test_subsample_is_seeded_and_close(ihc_t, ref_t):
-    exact = Macenko().fit(ref_t).stain_matrix
+    exact = Macenko(max_samples=2**18).fit(ref_t).stain_matrix  # every pixel
     a = Macenko(max_samples=8192).fit(ref_t).stain_matrix
     b = Macenko(max_samples=8192).fit(ref_t).stain_matrix
     assert torch.equal(a, b)
