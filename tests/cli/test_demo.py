@@ -1,0 +1,24 @@
+"""``stainadapt demo --quick``: both runs, the comparison table and where things are."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from stainadapt.cli.app import app
+
+
+def test_demo_quick(tmp_path, monkeypatch):
+    monkeypatch.setenv("STAINADAPT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "source-only" in res.output and "UDA" in res.output
+    result = json.loads((out / "results.json").read_text())
+    methods = [r["method"] for r in result["rows"]]
+    assert methods[0] == "source-only" and methods[-1].startswith("UDA")
+    for run in ("source-only", "uda"):
+        assert (out / run / "model.safetensors").is_file()
+        assert (out / run / "curves.png").is_file()
+    assert list((out / "uda" / "samples").glob("*.png"))
