@@ -1,0 +1,791 @@
+"""Sliding-window prediction: images of any size, folders, and slides larger than memory.
+
+The predictor cuts the image into ``tile x tile`` windows that overlap by ``overlap``
+pixels (default a quarter of the tile), runs the model on batches of windows, and blends
+the probabilities with a Gaussian weight (sigma = tile / 8, as nnU-Net does; zeros of the
+weight are replaced by its smallest positive value so nothing divides by zero). Window
+starts are spread evenly, so the actual overlap is at least the requested one and the
+last window ends on the image border. Images smaller than a tile are padded
+(symmetric) and the output is cropped back: the output always has the input's H x W.
+
+Everything runs row band by row band (one row of windows at a time): a rolling
+accumulator of ``tile`` rows holds the blended sums, and the rows no later window can
+touch are handed out as soon as a band is done. The in-memory path and the streamed
+path for large TIFFs share that code, so both give the same pixels.
+
+* **Streaming** (:func:`predict_tiff_streamed`): a TIFF at least ``stream_min_pixels``
+  large (tiled or striped, BigTIFF, pyramidal: level 0) is read segment by segment with
+  tifffile (only the tiles/strips under the current band are decoded), and the mask is
+  written as a tiled (256 x 256), zlib-compressed TIFF through
+  ``TiffWriter.write(data=<tile generator>)``. Working memory is a few bands of the
+  slide's width, whatever its height.
+* **Background glass** is skipped: a window whose fraction of pixels with optical density
+  ``OD_R + OD_G + OD_B > 0.15`` is below ``min_tissue`` is not run through the model;
+  it contributes probability 0 (with its weight), and is counted in ``tiles_skipped``.
+* Options: flip test-time augmentation (``tta``: identity, H, W and HW flips, probabilities
+  averaged), a fitted :class:`Normalizer` applied to each window on the device, bf16
+  autocast (``amp="auto"`` means bf16 on CUDA, off on CPU) and channels_last on CUDA.
+
+Model input: ``float32 (B, 3, T, T)`` in ``[0, 1]`` (the same scaling the trainer feeds
+G); output: one logit channel, turned into probabilities with a sigmoid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError, RunFailure
+
+__all__ = [
+    "STREAM_MIN_PIXELS",
+    "OUTPUT_TILE",
+    "PredictReport",
+    "SlidingWindowPredictor",
+    "TiffBandReader",
+    "collect_inputs",
+    "gaussian_weight",
+    "predict_paths",
+    "predict_tiff_streamed",
+    "resolve_amp",
+    "resolve_device",
+    "sliding_window_predict",
+    "tissue_fraction",
+    "window_starts",
+]
+
+#: TIFF inputs with at least this many pixels are streamed instead of read whole.
+STREAM_MIN_PIXELS = 4096 * 4096
+#: Tile side of the TIFF masks written by the streamed path.
+OUTPUT_TILE = 256
+#: Optical-density sum above which a pixel counts as tissue.
+TISSUE_OD = 0.15
+
+# OD of one 8-bit channel value: -log10((v + 1) / 256); a lookup table keeps it cheap.
+_OD_LUT = (-np.log10((np.arange(256, dtype=np.float32) + 1.0) / 256.0)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def window_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Window start positions along one axis: evenly spread, first 0, last ``length - tile``.
+
+    With ``length <= tile`` there is one window at 0 (the image is padded to ``tile``).
+    The step between starts is at most ``tile - overlap``.
+    """
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    n = math.ceil((length - tile) / step) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def gaussian_weight(tile: int, sigma_scale: float = 1.0 / 8.0) -> torch.Tensor:
+    """``(tile, tile)`` float32 Gaussian, peak 1, sigma ``tile * sigma_scale``, no zeros."""
+    centre = (tile - 1) / 2.0
+    sigma = tile * sigma_scale
+    x = torch.arange(tile, dtype=torch.float64)
+    g = torch.exp(-((x - centre) ** 2) / (2.0 * sigma * sigma))
+    w = torch.outer(g, g)
+    w = w / w.max()
+    w = w.to(torch.float32)
+    positive = w[w > 0]
+    w[w == 0] = positive.min()
+    return w
+
+
+def tissue_fraction(tile: np.ndarray, stride: int = 4) -> float:
+    """Fraction of pixels (subsampled by ``stride``) whose OD sum exceeds 0.15.
+
+    ``tile``: ``(H, W, 3) uint8``. Bright glass has OD near 0; stained tissue well above.
+    """
+    sub = tile[::stride, ::stride]
+    od = _OD_LUT[sub[..., 0]] + _OD_LUT[sub[..., 1]] + _OD_LUT[sub[..., 2]]
+    return float((od > TISSUE_OD).mean()) if od.size else 0.0
+
+
+def _tissue_map(band: np.ndarray, stride: int) -> np.ndarray:
+    sub = band[::stride, ::stride]
+    return (_OD_LUT[sub[..., 0]] + _OD_LUT[sub[..., 1]] + _OD_LUT[sub[..., 2]]) > TISSUE_OD
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as torch parses it."""
+    if isinstance(device, torch.device):
+        return device
+    if device in ("auto", "", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"--device {device!r}: {exc}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def resolve_amp(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: ``auto`` -> bf16 on CUDA, none on CPU; ``bf16``; ``off``."""
+    if amp is True:
+        amp = "bf16"
+    if amp in (False, None, "off", "no", "none", "fp32"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if amp in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    if amp in ("fp16", "float16"):
+        return torch.float16
+    raise InputError(f"--amp {amp!r}: choose auto, bf16, fp16 or off")
+
+
+# --------------------------------------------------------------------------- readers
+
+
+class ArrayRows:
+    """Row-band access to an in-memory ``(H, W, 3) uint8`` image."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+        self.image = image
+        self.shape = (int(image.shape[0]), int(image.shape[1]))
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        return self.image[y0:y1]
+
+
+class TiffBandReader:
+    """Reads full-width row bands of a TIFF's level 0 by decoding only the segments needed.
+
+    Works for tiled and striped pages, classic and BigTIFF, contiguous or planar samples,
+    any compression tifffile/imagecodecs decode. Decoded segment rows are cached until
+    the reading position moves past them (bands overlap), so each segment is decoded
+    about once. Returns ``(rows, W, 3) uint8`` (``data.io.to_rgb8`` conversion rule).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        import tifffile
+
+        self.path = Path(path)
+        self._tif = tifffile.TiffFile(self.path)
+        try:
+            if not self._tif.series:
+                raise ValueError("no image data in TIFF")
+            series = self._tif.series[0]
+            level = (getattr(series, "levels", None) or [series])[0]
+            page = level.keyframe if hasattr(level, "keyframe") else level.pages[0]
+            if page is None:
+                raise ValueError("no image page in TIFF")
+            self._page = page
+            self.shape = (int(page.imagelength), int(page.imagewidth))
+            self._samples = int(page.samplesperpixel)
+            self._separate = int(page.planarconfig) == 2 and self._samples > 1
+            if int(getattr(page, "imagedepth", 1) or 1) != 1:
+                raise ValueError("volumetric TIFF (ImageDepth > 1) is not supported")
+            self._decode = page.decode
+            self._decodeargs: dict[str, Any] = {"_fullsize": bool(page.is_tiled)}
+            if page.compression in {6, 7, 34892, 33007}:  # JPEG flavours
+                self._decodeargs["jpegtables"] = page.jpegtables
+                self._decodeargs["jpegheader"] = page.jpegheader
+            # Where each segment lies: segment rows keyed by their first image row.
+            self._rows: dict[int, list[int]] = {}
+            self._row_height: dict[int, int] = {}
+            for index in range(len(page.dataoffsets)):
+                _, (_s, _d, y, _x, _c), shp = self._decode(None, index, _fullsize=False)
+                self._rows.setdefault(int(y), []).append(index)
+                self._row_height[int(y)] = int(shp[1])
+            self._row_starts = sorted(self._rows)
+        except Exception:
+            self._tif.close()
+            raise
+        self._cache: dict[int, np.ndarray] = {}
+
+    def close(self) -> None:
+        self._cache.clear()
+        self._tif.close()
+
+    def __enter__(self) -> TiffBandReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _segment_row(self, y: int) -> np.ndarray:
+        """The decoded full-width segment row starting at image row ``y``: (h, W, S)."""
+        cached = self._cache.get(y)
+        if cached is not None:
+            return cached
+        page = self._page
+        h = self._row_height[y]
+        width = self.shape[1]
+        out: np.ndarray | None = None
+        fh = self._tif.filehandle
+        for index in self._rows[y]:
+            offset, count = page.dataoffsets[index], page.databytecounts[index]
+            data = None
+            if count > 0 and offset > 0:
+                with fh.lock:
+                    fh.seek(offset)
+                    data = fh.read(count)
+            seg, (s, _d, _y, x, _c), shp = self._decode(data, index, **self._decodeargs)
+            if out is None:
+                dtype = seg.dtype if seg is not None else page.dtype
+                out = np.zeros((h, width, self._samples), dtype=dtype)
+            if seg is None:
+                continue
+            seg = seg[0, :h, : width - x]  # (h, w, contig samples)
+            if self._separate:
+                out[:, x : x + seg.shape[1], s] = seg[..., 0]
+            else:
+                out[:, x : x + seg.shape[1], :] = seg
+        assert out is not None
+        self._cache[y] = out
+        return out
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        from .data.io import to_rgb8
+
+        for key in [k for k in self._cache if k + self._row_height[k] <= y0]:
+            del self._cache[key]
+        parts = []
+        for start in self._row_starts:
+            end = start + self._row_height[start]
+            if end <= y0 or start >= y1:
+                continue
+            seg = self._segment_row(start)
+            parts.append(seg[max(y0, start) - start : min(y1, end) - start])
+        raw = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        return to_rgb8(raw)
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+@dataclass
+class _Stats:
+    tiles_total: int = 0
+    tiles_skipped: int = 0
+
+
+class SlidingWindowPredictor:
+    """Gaussian-blended sliding-window inference for a one-logit segmentation model.
+
+    Args:
+        model: ``nn.Module``; ``model(x)`` with ``x`` float ``(B, 3, T, T)`` in [0, 1]
+            returns logits ``(B, 1, T, T)``.
+        tile: window side ``T`` (a multiple of the model's ``max_stride``, default 32).
+        overlap: pixels shared by neighbouring windows; default ``tile // 4``.
+        batch_size: windows per forward pass.
+        device: where the model and the blending run.
+        amp: ``"auto"`` (bf16 on CUDA), ``"bf16"``, ``"off"``.
+        tta: average the probabilities of the four flips.
+        normalizer: fitted ``Normalizer`` module (uint8 in, uint8 out) applied per window.
+        min_tissue: windows with a smaller tissue fraction are skipped (0 disables).
+        progress: ``progress(done_tiles, total_tiles)`` after each band.
+
+    ``predict(image)`` returns probabilities ``(H, W) float32``; ``predict_rows(reader)``
+    yields ``(y, rows)`` pieces in order, for streaming.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tile: int,
+        overlap: int | None = None,
+        batch_size: int = 8,
+        device: str | torch.device = "cpu",
+        amp: str | bool | None = "auto",
+        tta: bool = False,
+        normalizer: nn.Module | None = None,
+        min_tissue: float = 0.01,
+        sigma_scale: float = 1.0 / 8.0,
+    ) -> None:
+        tile = int(tile)
+        multiple = int(getattr(model, "max_stride", 32) or 1)
+        if tile <= 0 or tile % multiple:
+            raise InputError(
+                f"--tile {tile}: must be a positive multiple of {multiple} "
+                f"(try {max(multiple, round(tile / multiple) * multiple)})"
+            )
+        overlap = tile // 4 if overlap is None else int(overlap)
+        if not 0 <= overlap < tile:
+            raise InputError(f"--overlap {overlap}: must be at least 0 and below the tile ({tile})")
+        if batch_size < 1:
+            raise InputError(f"--batch-size {batch_size}: must be at least 1")
+        self.device = resolve_device(device)
+        self.autocast_dtype = resolve_amp(amp, self.device)
+        self.tile, self.overlap, self.batch_size = tile, overlap, int(batch_size)
+        self.tta = bool(tta)
+        self.min_tissue = float(min_tissue or 0.0)
+        self.channels_last = self.device.type == "cuda"
+        self.model = model.to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.normalizer = normalizer.to(self.device) if normalizer is not None else None
+        self.weight = gaussian_weight(tile, sigma_scale).to(self.device)
+        self.stats = _Stats()
+
+    # -- one batch of windows -------------------------------------------------------
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        ctx = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            out = self.model(x)
+        if isinstance(out, tuple):
+            out = out[0]
+        return out[:, 0].float()
+
+    @torch.inference_mode()
+    def predict_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(B, T, T) float32`` of uint8 windows ``(B, 3, T, T)`` (on device)."""
+        if self.normalizer is not None:
+            windows = self.normalizer(windows)
+        x = windows.float().div_(255.0)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.tta:
+            return torch.sigmoid(self._forward(x))
+        prob = torch.zeros(x.shape[0], x.shape[2], x.shape[3], device=x.device)
+        for dims in ((), (2,), (3,), (2, 3)):
+            xi = torch.flip(x, dims) if dims else x
+            p = torch.sigmoid(self._forward(xi))
+            prob += torch.flip(p, [d - 1 for d in dims]) if dims else p
+        return prob / 4.0
+
+    # -- whole image, band by band ---------------------------------------------------
+
+    def count_windows(self, height: int, width: int) -> int:
+        t, o = self.tile, self.overlap
+        return len(window_starts(height, t, o)) * len(window_starts(width, t, o))
+
+    @torch.inference_mode()
+    def predict_rows(
+        self, reader: Any, progress: Callable[[int, int], None] | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(y, probs (r, W) float32)`` row pieces covering the image top to bottom.
+
+        ``reader`` has ``shape = (H, W)`` and ``read_rows(y0, y1) -> (r, W, 3) uint8``.
+        """
+        height, width = reader.shape
+        t = self.tile
+        hp, wp = max(height, t), max(width, t)
+        ys = window_starts(hp, t, self.overlap)
+        xs = window_starts(wp, t, self.overlap)
+        total = len(ys) * len(xs)
+        stride = 4 if t >= 64 else 1
+        acc = torch.zeros(t, wp, device=self.device)
+        wsum = torch.zeros(t, wp, device=self.device)
+        done = 0
+        emitted = 0
+        for i, y in enumerate(ys):
+            band = reader.read_rows(y, min(y + t, height))
+            if band.shape[0] < t or band.shape[1] < wp:
+                band = np.pad(
+                    band,
+                    ((0, t - band.shape[0]), (0, wp - band.shape[1]), (0, 0)),
+                    mode="symmetric",
+                )
+            tissue = _tissue_map(band, stride) if self.min_tissue > 0 else None
+            keep: list[int] = []
+            for x in xs:
+                if tissue is not None:
+                    frac = float(tissue[:, x // stride : (x + t) // stride].mean())
+                    if frac < self.min_tissue:
+                        wsum[:, x : x + t] += self.weight
+                        self.stats.tiles_skipped += 1
+                        continue
+                keep.append(x)
+            if keep:
+                band_t = torch.from_numpy(np.ascontiguousarray(band)).to(self.device)
+                band_t = band_t.permute(2, 0, 1)  # (3, T, Wp)
+                for b in range(0, len(keep), self.batch_size):
+                    chunk = keep[b : b + self.batch_size]
+                    windows = torch.stack([band_t[:, :, x : x + t] for x in chunk])
+                    probs = self.predict_windows(windows)
+                    for x, p in zip(chunk, probs, strict=True):
+                        acc[:, x : x + t] += p * self.weight
+                        wsum[:, x : x + t] += self.weight
+            self.stats.tiles_total += len(xs)
+            done += len(xs)
+            if progress is not None:
+                progress(done, total)
+            # Rows above the next band's start are final.
+            last = i == len(ys) - 1
+            final = (min(height, hp) - y) if last else ys[i + 1] - y
+            final = min(final, height - emitted)
+            if final > 0:
+                rows = (acc[:final, :width] / wsum[:final, :width]).float().cpu().numpy()
+                yield emitted, rows
+                emitted += final
+            if not last:
+                shift = ys[i + 1] - y
+                acc = torch.cat([acc[shift:], torch.zeros(shift, wp, device=self.device)])
+                wsum = torch.cat([wsum[shift:], torch.zeros(shift, wp, device=self.device)])
+
+    def predict(
+        self, image: np.ndarray, progress: Callable[[int, int], None] | None = None
+    ) -> np.ndarray:
+        """Probabilities ``(H, W) float32`` of an ``(H, W, 3) uint8`` image."""
+        reader = ArrayRows(image)
+        out = np.empty(reader.shape, dtype=np.float32)
+        for y, rows in self.predict_rows(reader, progress):
+            out[y : y + rows.shape[0]] = rows
+        return out
+
+
+def sliding_window_predict(
+    model: nn.Module, image: np.ndarray, tile: int, overlap: int | None = None, **kwargs: Any
+) -> np.ndarray:
+    """One-call form of :class:`SlidingWindowPredictor`: probabilities ``(H, W)``."""
+    return SlidingWindowPredictor(model, tile, overlap, **kwargs).predict(image)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class _RowTiler:
+    """Re-cuts row pieces ``(r, W) uint8`` into ``tile x tile`` tiles, row-major.
+
+    Only one strip of ``tile`` rows is buffered. Edge tiles are zero-padded to full size,
+    as TIFF tiles are.
+    """
+
+    def __init__(self, width: int, tile: int = OUTPUT_TILE) -> None:
+        self.width, self.tile = width, tile
+        self._buf = np.zeros((tile, width), dtype=np.uint8)
+        self._filled = 0
+
+    def _flush(self) -> list[np.ndarray]:
+        t = self.tile
+        out = []
+        for x in range(0, self.width, t):
+            tile = np.zeros((t, t), dtype=np.uint8)
+            piece = self._buf[: self._filled, x : x + t]
+            tile[: piece.shape[0], : piece.shape[1]] = piece
+            out.append(tile)
+        self._filled = 0
+        return out
+
+    def push(self, rows: np.ndarray) -> list[np.ndarray]:
+        tiles: list[np.ndarray] = []
+        pos = 0
+        while pos < rows.shape[0]:
+            n = min(self.tile - self._filled, rows.shape[0] - pos)
+            self._buf[self._filled : self._filled + n] = rows[pos : pos + n]
+            self._filled += n
+            pos += n
+            if self._filled == self.tile:
+                tiles.extend(self._flush())
+        return tiles
+
+    def finish(self) -> list[np.ndarray]:
+        return self._flush() if self._filled else []
+
+
+class _TiffTileSink:
+    """Writes a tiled TIFF from tiles pushed by another thread (for the second output)."""
+
+    def __init__(self, path: Path, shape: tuple[int, int]) -> None:
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=64)
+        self.error: BaseException | None = None
+
+        self._ended = False
+
+        def tiles() -> Iterator[np.ndarray]:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    self._ended = True
+                    return
+                yield item
+
+        def work() -> None:
+            try:
+                _write_tiled_tiff(path, shape, tiles())
+            except BaseException as exc:  # reported to the main thread
+                self.error = exc
+                while not self._ended:  # drain so the producer never blocks
+                    self._ended = self._queue.get() is None
+
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
+
+    def put(self, tile: np.ndarray) -> None:
+        self._queue.put(tile)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _write_tiled_tiff(path: Path, shape: tuple[int, int], tiles: Iterable[np.ndarray]) -> None:
+    """Write ``tiles`` (row-major, OUTPUT_TILE square, uint8) as a zlib tiled TIFF, atomically."""
+    import tifffile
+
+    from .engine.checkpoint import atomic_save
+
+    height, width = shape
+
+    def writer(tmp: Path) -> None:
+        with tifffile.TiffWriter(tmp, bigtiff=height * width >= 2**31) as tw:
+            tw.write(
+                data=iter(tiles),
+                shape=(height, width),
+                dtype=np.uint8,
+                tile=(OUTPUT_TILE, OUTPUT_TILE),
+                compression="zlib",
+                photometric="minisblack",
+            )
+
+    atomic_save(path, writer)
+
+
+def predict_tiff_streamed(
+    predictor: SlidingWindowPredictor,
+    source: str | Path,
+    mask_path: str | Path,
+    threshold: float = 0.5,
+    prob_path: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, int]:
+    """Predict a TIFF band by band; write a tiled zlib TIFF mask (0/255), tile by tile.
+
+    With ``prob_path`` a second TIFF holds uint8 probabilities (0..255). Returns the
+    image's ``(H, W)``. Memory stays bounded by a few bands of the image width.
+    """
+    with TiffBandReader(source) as reader:
+        shape = reader.shape
+        sink = _TiffTileSink(Path(prob_path), shape) if prob_path is not None else None
+
+        def mask_tiles() -> Iterator[np.ndarray]:
+            tiler = _RowTiler(shape[1])
+            prob_tiler = _RowTiler(shape[1]) if sink is not None else None
+            for _, probs in predictor.predict_rows(reader, progress):
+                if sink is not None and prob_tiler is not None:
+                    for tile in prob_tiler.push(np.rint(probs * 255.0).astype(np.uint8)):
+                        sink.put(tile)
+                yield from tiler.push((probs > threshold).astype(np.uint8) * 255)
+            # The writer stops pulling after the last mask tile: finish the other file first.
+            if sink is not None and prob_tiler is not None:
+                for tile in prob_tiler.finish():
+                    sink.put(tile)
+            yield from tiler.finish()
+
+        try:
+            _write_tiled_tiff(Path(mask_path), shape, mask_tiles())
+        finally:
+            if sink is not None:
+                sink.close()
+    return shape
+
+
+# --------------------------------------------------------------------------- folders
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_paths` did: outputs, skipped existing ones, failures, tiles."""
+
+    written: list[Path] = field(default_factory=list)
+    existing: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    tiles_total: int = 0
+    tiles_skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`RunFailure` listing the inputs that could not be predicted."""
+        if self.failed:
+            n = len(self.failed) + len(self.written) + len(self.existing)
+            lines = "\n".join(f"  {p}: {why}" for p, why in self.failed)
+            raise RunFailure(f"{len(self.failed)} of {n} inputs could not be predicted:\n{lines}")
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given, plus the image files (by suffix, sorted, not hidden) of folders."""
+    from .data.io import IMAGE_EXTS
+
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
+                )
+            )
+        elif path.exists():
+            files.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    if not files:
+        raise InputError(
+            f"no images in {', '.join(str(i) for i in inputs)} (looked for {', '.join(IMAGE_EXTS)})"
+        )
+    seen: dict[str, Path] = {}
+    clashes = []
+    for f in files:
+        if f.stem in seen and seen[f.stem] != f:
+            clashes.append(f"{seen[f.stem]} and {f}")
+        seen.setdefault(f.stem, f)
+    if clashes:
+        raise InputError(
+            "inputs with the same name would write the same output: " + "; ".join(clashes)
+        )
+    return list(dict.fromkeys(files))
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a background 4-neighbour (a 1-pixel inner outline)."""
+    m = np.pad(mask, 1, mode="edge")
+    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return mask & ~inner
+
+
+def overlay_image(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.ndarray:
+    """``(H, W, 3) uint8`` copy of ``image`` with the mask outline drawn (2 px) in ``colour``."""
+    edge = _outline(mask)
+    edge = edge | np.pad(edge, ((1, 0), (1, 0)))[:-1, :-1]
+    out = image.copy()
+    out[edge] = colour
+    return out
+
+
+def _load_normalizer(spec: str | None, reference: str | Path | None, meta: dict[str, Any]):
+    from .engine.checkpoint import normalizer_from_meta
+
+    if spec is None:
+        if reference is not None:
+            raise InputError("--reference needs --normalize SPEC (e.g. --normalize macenko)")
+        return normalizer_from_meta(meta.get("normalizer"))
+    if reference is None:
+        raise InputError(f"--normalize {spec} needs --reference IMAGE to fit the stain to")
+    from .data.io import read_image
+    from .registry import create
+
+    return create("normalizers", spec).fit(read_image(reference))
+
+
+def predict_paths(
+    inputs: Sequence[str | Path],
+    model: str | Path,
+    out: str | Path,
+    *,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    threshold: float | None = None,
+    probabilities: bool = False,
+    overlay: bool = False,
+    normalize: str | None = None,
+    reference: str | Path | None = None,
+    tta: bool = False,
+    device: str = "auto",
+    amp: str = "auto",
+    overwrite: bool = False,
+    min_tissue: float = 0.01,
+    stream_min_pixels: int = STREAM_MIN_PIXELS,
+    progress: Callable[[Path, int, int], None] | None = None,
+) -> PredictReport:
+    """Predict every input file (or image in an input folder) with the model of a run folder.
+
+    Writes ``OUT/<stem>.png`` (0/255) for PNG/JPEG inputs and ``OUT/<stem>.tif`` for
+    TIFF inputs; with ``probabilities`` also ``OUT/probabilities/<stem>.<ext>`` (uint8,
+    probability x 255); with ``overlay`` ``OUT/overlays/<stem>.png`` (not for streamed
+    slides). Outputs that exist are kept unless ``overwrite``, so a rerun resumes.
+    A file that fails is recorded in the report and the others go on; call
+    :meth:`PredictReport.raise_for_failures` afterwards. ``progress(path, done, total)``
+    is called after each row of windows.
+    """
+    from .data.io import read_image, write_image
+    from .engine.checkpoint import load_model
+
+    files = collect_inputs(inputs)
+    dev = resolve_device(device)
+    net, meta = load_model(model, device=dev)
+    tile = int(tile or meta.get("image_size") or 256)
+    if threshold is None:
+        threshold = float(meta.get("threshold", 0.5) if meta.get("threshold") is not None else 0.5)
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"--threshold {threshold}: must be between 0 and 1")
+    normalizer = _load_normalizer(normalize, reference, meta)
+    predictor = SlidingWindowPredictor(
+        net, tile, overlap, batch_size=batch_size, device=dev, amp=amp, tta=tta,
+        normalizer=normalizer, min_tissue=min_tissue,
+    )  # fmt: skip
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = PredictReport()
+    for path in files:
+        suffix = ".tif" if _is_tiff(path) else ".png"
+        mask_path = out / f"{path.stem}{suffix}"
+        prob_path = out / "probabilities" / f"{path.stem}{suffix}" if probabilities else None
+        wanted = [mask_path] + ([prob_path] if prob_path else [])
+        if not overwrite and all(p.exists() for p in wanted):
+            report.existing.append(mask_path)
+            continue
+
+        def step(done: int, total: int, path: Path = path) -> None:
+            if progress is not None:
+                progress(path, done, total)
+
+        before_total, before_skipped = predictor.stats.tiles_total, predictor.stats.tiles_skipped
+        try:
+            streamed = False
+            if _is_tiff(path):
+                from .data.io import image_shape
+
+                h, w = image_shape(path)
+                streamed = h * w >= stream_min_pixels
+            if streamed:
+                if prob_path is not None:
+                    prob_path.parent.mkdir(parents=True, exist_ok=True)
+                predict_tiff_streamed(predictor, path, mask_path, threshold, prob_path, step)
+                if overlay:
+                    report.notes.append(f"{path.name}: no overlay for a streamed slide")
+            else:
+                image = read_image(path)
+                prob = predictor.predict(image, step)
+                mask = prob > threshold
+                if prob_path is not None:
+                    write_image(prob_path, np.rint(prob * 255.0).astype(np.uint8))
+                if overlay:
+                    write_image(out / "overlays" / f"{path.stem}.png", overlay_image(image, mask))
+                write_image(mask_path, mask)
+            report.written.append(mask_path)
+        except InputError as exc:
+            report.failed.append((path, str(exc).removeprefix(f"{path}: ")))
+        except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            report.failed.append((path, reason))
+        finally:
+            report.tiles_total += predictor.stats.tiles_total - before_total
+            report.tiles_skipped += predictor.stats.tiles_skipped - before_skipped
+    return report
