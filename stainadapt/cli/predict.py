@@ -1,0 +1,110 @@
+"""``stainadapt predict``: segment images, folders and large TIFF slides with a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import AmpOpt, DeviceOpt, console, is_tty, run_guarded
+
+app = typer.Typer()
+
+
+@app.command("predict")
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run folder (model.safetensors).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the masks.")],
+    tile: Annotated[
+        int | None, typer.Option(help="Window side in pixels (default: the training size).")
+    ] = None,
+    overlap: Annotated[
+        int | None, typer.Option(help="Window overlap in pixels (default: a quarter tile).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward.")] = 8,
+    threshold: Annotated[
+        float | None, typer.Option(help="Probability threshold (default: from model.json).")
+    ] = None,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Also write uint8 probability maps.")
+    ] = False,
+    overlay: Annotated[
+        bool, typer.Option("--overlay", help="Also write PNGs with the mask outline.")
+    ] = False,
+    normalize: Annotated[
+        str | None,
+        typer.Option("--normalize", help="Stain-normalise each window first (e.g. macenko)."),
+    ] = None,
+    reference: Annotated[
+        Path | None, typer.Option("--reference", help="Reference image for --normalize.")
+    ] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
+    device: DeviceOpt = "auto",
+    amp: AmpOpt = "auto",
+    min_tissue: Annotated[
+        float,
+        typer.Option(
+            "--min-tissue", help="Skip windows with less tissue than this fraction (0: never)."
+        ),
+    ] = 0.01,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")
+    ] = False,
+) -> None:
+    """Predict masks: PNG for PNG/JPEG inputs, tiled TIFF for TIFF (large slides streamed)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ..inference import predict_paths
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not is_tty(),
+    ) as bar:
+        task = bar.add_task("predict", total=None)
+
+        def progress(path: Path, done: int, total: int) -> None:
+            bar.update(task, description=path.name, completed=done, total=total)
+
+        report = run_guarded(
+            lambda: predict_paths(
+                inputs,
+                model,
+                out,
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                threshold=threshold,
+                probabilities=probabilities,
+                overlay=overlay,
+                normalize=normalize,
+                reference=reference,
+                tta=tta,
+                device=device,
+                amp=amp,
+                overwrite=overwrite,
+                min_tissue=min_tissue,
+                progress=progress,
+            )
+        )
+    console.print(f"wrote {len(report.written)} mask(s) to {out}", highlight=False)
+    if report.existing:
+        console.print(
+            f"kept {len(report.existing)} existing output(s) (--overwrite to redo them)",
+            highlight=False,
+        )
+    if report.tiles_total:
+        pct = 100.0 * report.tiles_skipped / report.tiles_total
+        console.print(
+            f"skipped {report.tiles_skipped} of {report.tiles_total} windows as background "
+            f"glass ({pct:.1f}%)",
+            highlight=False,
+        )
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    run_guarded(report.raise_for_failures)
