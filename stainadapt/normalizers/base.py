@@ -2,7 +2,8 @@
 
 A concrete normaliser supplies three pieces of maths, all batched over images:
 
-* ``_statistics(x)``: intensities ``(B, 3, K)`` (0..255, a pixel subsample) ->
+* ``_statistics(x)``: intensities ``(B, 3, K)`` (a pixel subsample; uint8 as given or
+  float 0..255 in the compute dtype) ->
   ``(stats, valid)``; ``stats`` is a dict of ``(B, ...)`` tensors, ``valid`` ``(B,)`` bool
   says which images had enough tissue and a non-degenerate estimate;
 * ``_set_reference(stats)``: store the statistics of one reference image (batch of 1)
@@ -80,10 +81,12 @@ def _to_intensity(x: Tensor, dtype: torch.dtype, is_float: bool) -> Tensor:
     return x.to(dtype)
 
 
-def _from_intensity(y: Tensor, dtype: torch.dtype) -> Tensor:
-    if dtype == torch.uint8:
-        return y.clamp_(0, 255).round_().to(torch.uint8)
-    return y.div_(255.0).clamp_(0, 1).to(dtype)
+def _store(y: Tensor, dst: Tensor) -> None:
+    """Write intensities ``y`` (0..255 float) into ``dst`` (uint8, or float 0..1)."""
+    if dst.dtype == torch.uint8:
+        dst.copy_(y.clamp_(0, 255).round_())  # copy_ converts: no uint8 temporary
+    else:
+        dst.copy_(y.div_(255.0).clamp_(0, 1))
 
 
 class StainNormalizer(nn.Module):
@@ -110,10 +113,10 @@ class StainNormalizer(nn.Module):
         self,
         io: float = 240.0,
         beta: float = 0.15,
-        max_samples: int = 2**16,
+        max_samples: int = 2**14,
         min_tissue: float = 0.01,
         seed: int = 0,
-        chunk_pixels: int = 2**21,
+        chunk_pixels: int = 2**22,
     ) -> None:
         super().__init__()
         if not 0 < io <= 255:
@@ -161,10 +164,10 @@ class StainNormalizer(nn.Module):
         return n >= need
 
     def _sample(self, batch: Tensor, is_float: bool) -> Tensor:
+        """Seeded pixel subsample ``(B, 3, K)``: uint8 stays uint8, floats become 0..255."""
         flat = batch.reshape(batch.shape[0], 3, -1)
-        return _to_intensity(
-            sample_pixels(flat, self.max_samples, self.seed), self.compute_dtype, is_float
-        )
+        sample = sample_pixels(flat, self.max_samples, self.seed)
+        return _to_intensity(sample, self.compute_dtype, True) if is_float else sample
 
     @torch.no_grad()
     def fit(self, reference: Any) -> StainNormalizer:
@@ -217,7 +220,7 @@ class StainNormalizer(nn.Module):
                 x = src[:, :, s : s + step]
                 if is_float:  # uint8 goes in as is: kernels convert on the fly
                     x = _to_intensity(x, dtype, True)
-                dst[:, :, s : s + step] = _from_intensity(self._transform(x, params), flat.dtype)
+                _store(self._transform(x, params), dst[:, :, s : s + step])
             if n_bad:
                 out = flat.clone()
                 out[keep] = dst

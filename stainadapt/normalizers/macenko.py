@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from .base import StainNormalizer
-from .od import intensity_to_log, masked_quantile, od_from_intensity, tissue_mask
+from .od import intensity_to_log, masked_quantile, od_from_intensity, tissue_from_intensity
 
 __all__ = ["DEFAULT_MAX_CONCENTRATIONS", "DEFAULT_STAIN_MATRIX", "Macenko", "macenko_stains"]
 
@@ -59,9 +59,14 @@ def macenko_stains(od: Tensor, tissue: Tensor, alpha: float = 1.0) -> tuple[Tens
     b = od.shape[0]
     w = tissue.to(od.dtype)
     n = w.sum(dim=1)
-    mean = (od * w[:, None]).sum(dim=2) / n.clamp(min=1)[:, None]
-    xc = (od - mean[:, :, None]) * w[:, None]
-    cov = xc @ xc.transpose(1, 2) / (n - 1).clamp(min=1)[:, None, None]
+    # Covariance from the first two moments: one masked copy and one (3 x K) @ (K x 3)
+    # product per image instead of centring the whole array.
+    odm = od * w[:, None]
+    mean = odm.sum(dim=2) / n.clamp(min=1)[:, None]
+    second = odm @ od.transpose(1, 2)  # (B, 3, 3)
+    cov = (second - n[:, None, None] * mean[:, :, None] * mean[:, None, :]) / (n - 1).clamp(min=1)[
+        :, None, None
+    ]
     enough = n >= 2
     # Rows without data get a harmless matrix so eigh never sees NaN.
     fallback = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=od.dtype, device=od.device))
@@ -71,9 +76,8 @@ def macenko_stains(od: Tensor, tissue: Tensor, alpha: float = 1.0) -> tuple[Tens
     # it positively and the angles live in (-pi/2, pi/2): no wrap at +-pi.
     e1 = _orient(vecs[:, :, 2])
     e2 = _orient(vecs[:, :, 1])
-    t1 = torch.einsum("bc,bck->bk", e1, od)
-    t2 = torch.einsum("bc,bck->bk", e2, od)
-    phi = torch.atan2(t2, t1)
+    proj = torch.stack((e1, e2), dim=1) @ od  # (B, 2, K)
+    phi = torch.atan2(proj[:, 1], proj[:, 0])
     q = masked_quantile(phi, tissue, (alpha / 100.0, 1.0 - alpha / 100.0))
     lo, hi = q[:, 0:1], q[:, 1:2]
     v_lo = torch.cos(lo) * e1 + torch.sin(lo) * e2
@@ -110,10 +114,10 @@ class Macenko(StainNormalizer):
         alpha: float = 1.0,
         beta: float = 0.15,
         percentile: float = 99.0,
-        max_samples: int = 2**16,
+        max_samples: int = 2**14,
         min_tissue: float = 0.01,
         seed: int = 0,
-        chunk_pixels: int = 2**21,
+        chunk_pixels: int = 2**22,
     ) -> None:
         super().__init__(io, beta, max_samples, min_tissue, seed, chunk_pixels)
         if not 0 <= alpha < 50:
@@ -126,8 +130,8 @@ class Macenko(StainNormalizer):
         self.register_buffer("max_concentrations", torch.tensor(DEFAULT_MAX_CONCENTRATIONS))
 
     def _statistics(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        od = od_from_intensity(x, self.io, x.dtype)
-        tissue = tissue_mask(od, self.beta)
+        tissue = tissue_from_intensity(x, self.io, self.beta)
+        od = od_from_intensity(x, self.io, self.compute_dtype)
         stains, ok = macenko_stains(od, tissue, self.alpha)
         ok = ok & self._enough_tissue(tissue)
         pinv = torch.linalg.pinv(stains)  # (B, 2, 3)

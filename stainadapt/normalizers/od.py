@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,26 +24,56 @@ __all__ = [
     "intensity_to_log",
     "masked_quantile",
     "od_from_intensity",
+    "plus_one",
     "sample_pixels",
+    "tissue_from_intensity",
     "tissue_mask",
 ]
 
 
 def intensity_to_log(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """``ln(I + 1)`` of intensities ``I`` in 0..255 (any shape, uint8 or float), in ``dtype``."""
-    if x.dtype == torch.uint8 and dtype == torch.float32:
-        return torch.log1p(x)  # one pass: the conversion happens inside the kernel
-    return torch.log1p(x.to(dtype))
+    """``ln(I + 1)`` of intensities ``I`` in 0..255 (any shape, uint8 or float), in ``dtype``.
+
+    Written as add + log: on CPU ``torch.log`` is vectorised and several times faster
+    than ``torch.log1p`` (``I + 1 >= 1``, so nothing is lost).
+    """
+    return plus_one(x, dtype).log_()
+
+
+def plus_one(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``I + 1`` as a new ``dtype`` tensor.
+
+    On CPU, uint8 -> float conversion in torch is a scalar loop; numpy's is vectorised
+    and about 5x faster, so CPU uint8 input goes through a zero-copy numpy view.
+    """
+    floats = (torch.float32, torch.float64)
+    if x.dtype == torch.uint8 and x.device.type == "cpu" and dtype in floats:
+        one = np.float32(1) if dtype == torch.float32 else np.float64(1)
+        return torch.from_numpy(np.add(x.numpy(), one, dtype=one.dtype))
+    return x.to(dtype, copy=True).add_(1.0)
 
 
 def od_from_intensity(x: Tensor, io: float, dtype: torch.dtype) -> Tensor:
     """Optical density ``-ln((I + 1) / Io)`` of intensities in 0..255, in ``dtype``."""
-    return math.log(io) - intensity_to_log(x, dtype)
+    return intensity_to_log(x, dtype).neg_().add_(math.log(io))
 
 
 def tissue_mask(od: Tensor, beta: float) -> Tensor:
     """``(B, 3, N)`` OD -> ``(B, N)`` bool: every channel at least ``beta``."""
     return (od >= beta).all(dim=1)
+
+
+def tissue_from_intensity(x: Tensor, io: float, beta: float) -> Tensor:
+    """:func:`tissue_mask` computed on intensities ``(B, 3, N)`` (uint8 or float).
+
+    ``OD >= beta`` in every channel <=> ``max(I) + 1 <= Io * exp(-beta)``; on uint8 this
+    is one cheap byte-wise max instead of three float comparisons.
+    """
+    limit = io * math.exp(-beta) - 1.0
+    top = x.amax(dim=1)
+    if x.dtype == torch.uint8:
+        return top <= math.floor(limit)
+    return top <= limit
 
 
 def sample_pixels(flat: Tensor, max_samples: int, seed: int) -> Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from .base import StainNormalizer
-from .od import od_from_intensity, tissue_mask
+from .od import tissue_from_intensity
 
 __all__ = ["Reinhard"]
 
@@ -47,7 +47,7 @@ class Reinhard(StainNormalizer):
         tissue_only: bool = False,
         io: float = 240.0,
         beta: float = 0.15,
-        max_samples: int = 2**16,
+        max_samples: int = 2**14,
         min_tissue: float = 0.01,
         seed: int = 0,
         chunk_pixels: int = 2**20,
@@ -59,10 +59,10 @@ class Reinhard(StainNormalizer):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def _statistics(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        tissue = tissue_mask(od_from_intensity(x, self.io, x.dtype), self.beta)
+        tissue = tissue_from_intensity(x, self.io, self.beta)
         ok = self._enough_tissue(tissue)
-        lab = _lab(x, x.dtype)
-        w = tissue.to(x.dtype) if self.tissue_only else torch.ones_like(lab[:, 0])
+        lab = _lab(x, self.compute_dtype)
+        w = tissue.to(lab.dtype) if self.tissue_only else torch.ones_like(lab[:, 0])
         n = w.sum(dim=1).clamp(min=1)[:, None]
         mean = (lab * w[:, None]).sum(dim=2) / n
         var = (((lab - mean[:, :, None]) ** 2) * w[:, None]).sum(dim=2) / n

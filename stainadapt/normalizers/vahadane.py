@@ -22,7 +22,7 @@ from torch import Tensor
 from ..errors import InputError
 from .base import StainNormalizer
 from .macenko import DEFAULT_MAX_CONCENTRATIONS, DEFAULT_STAIN_MATRIX, macenko_stains
-from .od import intensity_to_log, masked_quantile, od_from_intensity, tissue_mask
+from .od import intensity_to_log, masked_quantile, od_from_intensity, tissue_from_intensity
 
 __all__ = ["Vahadane", "sparse_nmf"]
 
@@ -99,10 +99,10 @@ class Vahadane(StainNormalizer):
         lam: float = 0.1,
         n_iter: int = 50,
         nmf_samples: int = 2**14,
-        max_samples: int = 2**16,
+        max_samples: int = 2**14,
         min_tissue: float = 0.01,
         seed: int = 0,
-        chunk_pixels: int = 2**21,
+        chunk_pixels: int = 2**22,
     ) -> None:
         super().__init__(io, beta, max_samples, min_tissue, seed, chunk_pixels)
         if not 0 < percentile <= 100:
@@ -117,8 +117,8 @@ class Vahadane(StainNormalizer):
         self.register_buffer("max_concentrations", torch.tensor(DEFAULT_MAX_CONCENTRATIONS))
 
     def _statistics(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        od = od_from_intensity(x, self.io, x.dtype)
-        tissue = tissue_mask(od, self.beta)
+        tissue = tissue_from_intensity(x, self.io, self.beta)
+        od = od_from_intensity(x, self.io, self.compute_dtype)
         w0, ok = macenko_stains(od, tissue, 1.0)
         ok = ok & self._enough_tissue(tissue)
         stride = max(1, math.ceil(od.shape[2] / self.nmf_samples))
