@@ -415,7 +415,8 @@ class SlidingWindowPredictor:
                         continue
                 keep.append(x)
             if keep:
-                band_t = torch.from_numpy(np.ascontiguousarray(band)).to(self.device)
+                band_t = torch.from_numpy(np.require(band, requirements=["C", "W"]))
+                band_t = band_t.to(self.device)
                 band_t = band_t.permute(2, 0, 1)  # (3, T, Wp)
                 for b in range(0, len(keep), self.batch_size):
                     chunk = keep[b : b + self.batch_size]
