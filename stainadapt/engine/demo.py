@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
+from ..errors import InputError
 from .checkpoint import atomic_write_text, load_model
 from .trainer import evaluate_model, load_domain_images, resolve_device, split_samples, train
 
@@ -106,6 +107,8 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
         "uda": TrainConfig(out=str(out / "uda"), mode="uda", discs=list(budget.discs),
                            disc_epochs=budget.disc_epochs, disc_lr=budget.disc_lr, **common),
     }
+    for cfg in runs.values():  # the demo owns these two folders: replace an older demo's
+        _remove_old_run(Path(cfg.out), console)
     seconds: dict[str, float] = {}
     for name, cfg in runs.items():
         if console is not None:
@@ -151,6 +154,18 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
     }
     atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _remove_old_run(run: Path, console: Any) -> None:
+    if not run.exists():
+        return
+    if not (run / "config.toml").is_file():
+        raise InputError(f"{run}: exists and is not a stainadapt run; choose another --out")
+    import shutil
+
+    if console is not None:
+        console.print(f"replacing the previous demo run in {run}")
+    shutil.rmtree(run)
 
 
 def results_table(result: dict[str, Any]) -> Any:
