@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from .base import StainNormalizer
-from .od import intensity_to_log, masked_quantile, od_from_intensity, tissue_from_intensity
+from .od import exp_, intensity_to_log, masked_quantile, od_from_intensity, tissue_from_intensity
 
 __all__ = ["DEFAULT_MAX_CONCENTRATIONS", "DEFAULT_STAIN_MATRIX", "Macenko", "macenko_stains"]
 
@@ -157,4 +157,4 @@ class Macenko(StainNormalizer):
 
     def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
         m, c = params
-        return torch.bmm(m, intensity_to_log(x, m.dtype)).add_(c).exp_()
+        return exp_(torch.bmm(m, intensity_to_log(x, m.dtype)).add_(c))

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "exp_",
+    "log_",
     "intensity_to_log",
     "masked_quantile",
     "od_from_intensity",
@@ -37,7 +39,29 @@ def intensity_to_log(x: Tensor, dtype: torch.dtype) -> Tensor:
     Written as add + log: on CPU ``torch.log`` is vectorised and several times faster
     than ``torch.log1p`` (``I + 1 >= 1``, so nothing is lost).
     """
-    return plus_one(x, dtype).log_()
+    return log_(plus_one(x, dtype))
+
+
+def _numpy_ok(t: Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+
+
+def log_(t: Tensor) -> Tensor:
+    """In-place natural log. On CPU numpy's vectorised log is ~3x faster than torch's."""
+    if _numpy_ok(t):
+        a = t.numpy()
+        np.log(a, out=a)
+        return t
+    return t.log_()
+
+
+def exp_(t: Tensor) -> Tensor:
+    """In-place exp (numpy on CPU, as :func:`log_`)."""
+    if _numpy_ok(t):
+        a = t.numpy()
+        np.exp(a, out=a)
+        return t
+    return t.exp_()
 
 
 def plus_one(x: Tensor, dtype: torch.dtype) -> Tensor:

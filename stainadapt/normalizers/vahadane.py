@@ -22,7 +22,7 @@ from torch import Tensor
 from ..errors import InputError
 from .base import StainNormalizer
 from .macenko import DEFAULT_MAX_CONCENTRATIONS, DEFAULT_STAIN_MATRIX, macenko_stains
-from .od import intensity_to_log, masked_quantile, od_from_intensity, tissue_from_intensity
+from .od import exp_, intensity_to_log, masked_quantile, od_from_intensity, tissue_from_intensity
 
 __all__ = ["Vahadane", "sparse_nmf"]
 
@@ -154,4 +154,4 @@ class Vahadane(StainNormalizer):
     def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
         p, c, ref = params
         conc = torch.baddbmm(c, p, intensity_to_log(x, p.dtype), alpha=-1.0).clamp_(min=0)
-        return torch.bmm(ref, conc).neg_().add_(math.log(self.io)).exp_()
+        return exp_(torch.bmm(ref, conc).neg_().add_(math.log(self.io)))

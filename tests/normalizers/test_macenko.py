@@ -201,3 +201,20 @@ def test_no_warning_on_good_tiles(ihc_t):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Macenko().fit(ihc_t)(ihc_t)
+
+
+def test_transform_runs_in_bounded_chunks(ihc_t, ref_t):
+    norm = Macenko(chunk_pixels=4096).fit(ref_t)
+    seen = []
+    transform = norm._transform
+
+    def spy(x, params):
+        seen.append(x.shape[0] * x.shape[2])
+        return transform(x, params)
+
+    norm._transform = spy
+    batch = torch.stack([ihc_t, ihc_t.flip(-1)])
+    out = norm(batch)
+    assert max(seen) <= 4096 and len(seen) == 512 * 512 // 2048
+    del norm._transform
+    assert torch.equal(out, norm(batch))
