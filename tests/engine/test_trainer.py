@@ -151,3 +151,19 @@ def test_non_finite_loss_skips_the_step(tmp_path, domains):
     assert acc["skipped"].item() == 1
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_normalizer_state_goes_into_model_json(tmp_path, domains):
+    from stainadapt.data.io import read_image
+    from stainadapt.engine.checkpoint import normalizer_from_meta, read_meta
+
+    s, _ = domains
+    cfg = _cfg(tmp_path, domains, mode="uda", discs=["single:layer=f4"], samples=0,
+               normalize="macenko", reference=str(next((s / "images").iterdir())))
+    train(cfg)
+    meta = read_meta(tmp_path / "run")
+    assert meta["normalizer"]["spec"] == "macenko" and meta["normalizer"]["state"]
+    norm = normalizer_from_meta(meta["normalizer"])
+    image = torch.from_numpy(read_image(next((s / "images").iterdir()))).permute(2, 0, 1)
+    out = norm(image[None].contiguous())
+    assert out.dtype == torch.uint8 and out.shape == (1, 3, 96, 96)
