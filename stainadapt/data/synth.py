@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 #: Bump when the output for a given seed changes (the cache folder name includes it).
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 
 COMPONENTS = ("nuclei", "cytoplasm", "membrane", "mesangium", "collagen", "rbc", "debris")
 
@@ -118,7 +118,7 @@ STAINS: dict[str, StainModel] = {
                 "mesangium": 0.15,
             },
             "pas": {"membrane": 0.25, "mesangium": 0.25, "cytoplasm": 0.10, "debris": 0.1},
-            "silver": {"membrane": 1.60, "mesangium": 0.75, "collagen": 0.22, "nuclei": 0.05},
+            "silver": {"membrane": 1.60, "mesangium": 0.55, "collagen": 0.22, "nuclei": 0.05},
         },
         contrast=1.0,
         haze=0.04,
@@ -137,10 +137,10 @@ STAINS: dict[str, StainModel] = {
                 "cytoplasm": 0.45,
                 "rbc": 1.0,
                 "nuclei": 0.25,
-                "mesangium": 0.20,
+                "mesangium": 0.35,
                 "debris": 0.25,
             },
-            "blue": {"collagen": 0.55, "membrane": 0.50, "mesangium": 0.35, "cytoplasm": 0.04},
+            "blue": {"collagen": 0.55, "membrane": 0.80, "mesangium": 0.70, "cytoplasm": 0.04},
         },
         contrast=0.75,
         haze=0.10,
