@@ -164,6 +164,6 @@ def test_normalizer_state_goes_into_model_json(tmp_path, domains):
     meta = read_meta(tmp_path / "run")
     assert meta["normalizer"]["spec"] == "macenko" and meta["normalizer"]["state"]
     norm = normalizer_from_meta(meta["normalizer"])
-    image = torch.from_numpy(read_image(next((s / "images").iterdir()))).permute(2, 0, 1)
+    image = torch.tensor(read_image(next((s / "images").iterdir()))).permute(2, 0, 1)
     out = norm(image[None].contiguous())
     assert out.dtype == torch.uint8 and out.shape == (1, 3, 96, 96)
