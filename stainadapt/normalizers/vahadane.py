@@ -98,7 +98,7 @@ class Vahadane(StainNormalizer):
         percentile: float = 99.0,
         lam: float = 0.1,
         n_iter: int = 50,
-        nmf_samples: int = 2**14,
+        nmf_samples: int = 2**12,
         max_samples: int = 2**14,
         min_tissue: float = 0.01,
         seed: int = 0,
