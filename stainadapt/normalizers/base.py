@@ -200,6 +200,8 @@ class StainNormalizer(nn.Module):
         """
         batch, squeezed, is_float = as_batch(images)
         b, _, h, w = batch.shape
+        if b == 0:
+            return images.clone()
         dtype = self.compute_dtype
         stats, valid = self._statistics(self._sample(batch, is_float))
         flat = batch.reshape(b, 3, h * w)

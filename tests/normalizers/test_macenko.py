@@ -218,3 +218,18 @@ def test_transform_runs_in_bounded_chunks(ihc_t, ref_t):
     assert max(seen) <= 4096 and len(seen) == 512 * 512 // 2048
     del norm._transform
     assert torch.equal(out, norm(batch))
+
+
+def test_odd_inputs(ihc, ihc_t):
+    norm = Macenko().fit(ihc_t)
+    # a channels-last view (as from numpy) gives the same result as a contiguous tensor
+    view = torch.from_numpy(ihc).permute(2, 0, 1)
+    assert torch.equal(norm(view), norm(ihc_t))
+    # out-of-range floats are clamped to 0..1, never NaN
+    wild = ihc_t.float() / 255 * 1.4 - 0.2
+    out = norm(wild)
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    # half precision in, half precision out
+    assert norm(ihc_t.half() / 255).dtype == torch.float16
+    # an empty batch is returned as is
+    assert norm(torch.zeros(0, 3, 8, 8, dtype=torch.uint8)).shape == (0, 3, 8, 8)
