@@ -75,6 +75,19 @@ def as_batch(images: Any, allow_numpy: bool = False) -> tuple[Tensor, bool, bool
     return batch, squeezed, images.dtype.is_floating_point
 
 
+def _caller_stacklevel() -> int:
+    """``stacklevel`` that points a warning at the first frame outside torch and this package."""
+    import os
+    import sys
+
+    skip = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 def _to_intensity(x: Tensor, dtype: torch.dtype, is_float: bool) -> Tensor:
     if is_float:
         return x.to(dtype).clamp(0, 1).mul_(255.0)
@@ -234,7 +247,7 @@ class StainNormalizer(nn.Module):
                 f"(< {self.min_tissue:.0%} of pixels with OD >= {self.beta} in every channel) "
                 "or a single stain colour; passed through unchanged",
                 TissueWarning,
-                stacklevel=2,
+                stacklevel=_caller_stacklevel(),
             )
         out = out.reshape(b, 3, h, w)
         return out[0] if squeezed else out
