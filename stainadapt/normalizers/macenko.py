@@ -5,12 +5,12 @@ Example::
     norm = stainadapt.create("normalizers", "macenko").fit(reference)  # (3,H,W) uint8
     out = norm(tiles)                                                   # (B,3,H,W) uint8
 
-Per image (all batched: one ``eigh`` over ``(B, 3, 3)`` covariances, one sort for every
-percentile): OD of a pixel subsample; tissue pixels (every OD >= beta); the plane of the
-two largest principal directions of their OD; the angle of each pixel in that plane;
-the stain vectors at the ``alpha`` and ``100 - alpha`` percentiles of the angle;
-concentrations by least squares (pseudo-inverse); the 99th percentile of each
-concentration. The image is rebuilt with the reference stain vectors and
+Per image (all batched: one ``eigh`` over ``(B, 3, 3)`` covariances, one top-k per
+percentile over all rows): OD of a pixel subsample; tissue pixels (every OD >= beta);
+the plane of the two largest principal directions of their OD; the angle of each pixel
+in that plane; the stain vectors at the ``alpha`` and ``100 - alpha`` percentiles of
+the angle; concentrations by least squares (pseudo-inverse); the 99th percentile of
+each concentration. The image is rebuilt with the reference stain vectors and
 concentrations rescaled to the reference's 99th percentiles.
 
 Because OD is linear in ``ln(I + 1)``, the whole transform of one image is a 3x3 matrix

@@ -8,7 +8,8 @@ Conventions (see ``docs/normalizers.md``):
   it corresponds to 0.065 in log10 units.)
 * a pixel is *tissue* when every channel has ``OD >= beta``;
 * percentiles interpolate linearly between order statistics (``numpy.percentile``'s
-  default), computed per image on masked values through one batched sort.
+  default), computed per image on masked values, batched over images (a partial top-k
+  from the nearer end of each row).
 """
 
 from __future__ import annotations
