@@ -386,61 +386,75 @@ class SlidingWindowPredictor:
         ``reader`` has ``shape = (H, W)`` and ``read_rows(y0, y1) -> (r, W, 3) uint8``.
         """
         height, width = reader.shape
-        t = self.tile
+        t, dev = self.tile, self.device
         hp, wp = max(height, t), max(width, t)
         ys = window_starts(hp, t, self.overlap)
         xs = window_starts(wp, t, self.overlap)
         total = len(ys) * len(xs)
         stride = 4 if t >= 64 else 1
-        acc = torch.zeros(t, wp, device=self.device)
-        wsum = torch.zeros(t, wp, device=self.device)
+        # Bands per pass: one when a band fills a batch; else enough narrow bands to fill
+        # whole batches (a 5-window band with batch 8 goes 8 bands at a time).
+        k = (
+            1
+            if len(xs) >= self.batch_size
+            else self.batch_size // math.gcd(len(xs), self.batch_size)
+        )
+        groups = [ys[i : i + k] for i in range(0, len(ys), k)]
+        acc = torch.zeros(0, wp, device=dev)
+        wsum = torch.zeros(0, wp, device=dev)
+        acc_y0 = 0  # image row of acc[0]
         done = 0
-        emitted = 0
-        for i, y in enumerate(ys):
-            band = reader.read_rows(y, min(y + t, height))
-            if band.shape[0] < t or band.shape[1] < wp:
-                band = np.pad(
-                    band,
-                    ((0, t - band.shape[0]), (0, wp - band.shape[1]), (0, 0)),
+        for g, group in enumerate(groups):
+            y_first, y_last = group[0], group[-1]
+            need = y_last + t - acc_y0
+            if acc.shape[0] < need:
+                grow = torch.zeros(need - acc.shape[0], wp, device=dev)
+                acc, wsum = torch.cat([acc, grow]), torch.cat([wsum, grow])
+            block = reader.read_rows(y_first, min(y_last + t, height))
+            rows = y_last + t - y_first
+            if block.shape[0] < rows or block.shape[1] < wp:
+                block = np.pad(
+                    block,
+                    ((0, rows - block.shape[0]), (0, wp - block.shape[1]), (0, 0)),
                     mode="symmetric",
                 )
-            tissue = _tissue_map(band, stride) if self.min_tissue > 0 else None
-            keep: list[int] = []
-            for x in xs:
-                if tissue is not None:
-                    frac = float(tissue[:, x // stride : (x + t) // stride].mean())
-                    if frac < self.min_tissue:
-                        wsum[:, x : x + t] += self.weight
-                        self.stats.tiles_skipped += 1
-                        continue
-                keep.append(x)
+            tissue = _tissue_map(block, stride) if self.min_tissue > 0 else None
+            keep: list[tuple[int, int]] = []
+            for y in group:
+                for x in xs:
+                    if tissue is not None:
+                        ty = (y - y_first) // stride
+                        patch = tissue[ty : ty + t // stride, x // stride : (x + t) // stride]
+                        if float(patch.mean()) < self.min_tissue:
+                            wsum[y - acc_y0 : y - acc_y0 + t, x : x + t] += self.weight
+                            self.stats.tiles_skipped += 1
+                            continue
+                    keep.append((y, x))
             if keep:
-                band_t = torch.from_numpy(np.require(band, requirements=["C", "W"]))
-                band_t = band_t.to(self.device)
-                band_t = band_t.permute(2, 0, 1)  # (3, T, Wp)
+                block_t = torch.from_numpy(np.require(block, requirements=["C", "W"]))
+                block_t = block_t.to(dev).permute(2, 0, 1)  # (3, rows, Wp)
                 for b in range(0, len(keep), self.batch_size):
                     chunk = keep[b : b + self.batch_size]
-                    windows = torch.stack([band_t[:, :, x : x + t] for x in chunk])
+                    windows = torch.stack(
+                        [block_t[:, y - y_first : y - y_first + t, x : x + t] for y, x in chunk]
+                    )
                     probs = self.predict_windows(windows)
-                    for x, p in zip(chunk, probs, strict=True):
-                        acc[:, x : x + t] += p * self.weight
-                        wsum[:, x : x + t] += self.weight
-            self.stats.tiles_total += len(xs)
-            done += len(xs)
+                    for (y, x), p in zip(chunk, probs, strict=True):
+                        acc[y - acc_y0 : y - acc_y0 + t, x : x + t] += p * self.weight
+                        wsum[y - acc_y0 : y - acc_y0 + t, x : x + t] += self.weight
+            self.stats.tiles_total += len(group) * len(xs)
+            done += len(group) * len(xs)
             if progress is not None:
                 progress(done, total)
-            # Rows above the next band's start are final.
-            last = i == len(ys) - 1
-            final = (min(height, hp) - y) if last else ys[i + 1] - y
-            final = min(final, height - emitted)
-            if final > 0:
-                rows = (acc[:final, :width] / wsum[:final, :width]).float().cpu().numpy()
-                yield emitted, rows
-                emitted += final
+            # Rows above the next pass's first window are final.
+            last = g == len(groups) - 1
+            next_start = hp if last else groups[g + 1][0]
+            n_final = min(next_start, height) - acc_y0
+            if n_final > 0:
+                yield acc_y0, (acc[:n_final, :width] / wsum[:n_final, :width]).cpu().numpy()
             if not last:
-                shift = ys[i + 1] - y
-                acc = torch.cat([acc[shift:], torch.zeros(shift, wp, device=self.device)])
-                wsum = torch.cat([wsum[shift:], torch.zeros(shift, wp, device=self.device)])
+                acc, wsum = acc[next_start - acc_y0 :], wsum[next_start - acc_y0 :]
+                acc_y0 = next_start
 
     def predict(
         self, image: np.ndarray, progress: Callable[[int, int], None] | None = None
