@@ -609,9 +609,13 @@ def predict_tiff_streamed(
 
         try:
             _write_tiled_tiff(Path(mask_path), shape, mask_tiles())
-        finally:
-            if sink is not None:
-                sink.close()
+        except BaseException:
+            if sink is not None:  # its own error (too few tiles) would hide the real one
+                with contextlib.suppress(BaseException):
+                    sink.close()
+            raise
+        if sink is not None:
+            sink.close()
     return shape
 
 

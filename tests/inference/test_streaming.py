@@ -103,3 +103,24 @@ def test_streaming_4096_memory_bounded(tmp_path, blob_net):
     assert mask[: h // 3 - 64].max() == 0  # glass
     assert mask[h // 3 : h // 3 + 512, :1024].mean() > 0  # blobs found
     assert pred.stats.tiles_skipped > pred.stats.tiles_total * 0.8
+
+
+def test_interrupted_stream_leaves_no_partial_output(tmp_path, blob_net):
+    img = blob_image(200, 300, seed=9)
+    tifffile.imwrite(tmp_path / "s.tif", img, tile=(64, 64), photometric="rgb")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    calls = []
+
+    def boom(done, total):
+        calls.append(done)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    pred = SlidingWindowPredictor(blob_net, 64, 16, min_tissue=0, batch_size=1)  # 1 band/pass
+    with pytest.raises(KeyboardInterrupt):
+        predict_tiff_streamed(
+            pred, tmp_path / "s.tif", out / "m.tif", 0.5, out / "p.tif", progress=boom
+        )
+    assert list(out.iterdir()) == []  # neither the masks nor their temporary files
