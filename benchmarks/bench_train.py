@@ -5,7 +5,7 @@ table). Each case times the engine's own step (``Trainer._step``: G forward on S
 the discriminators, G's backward and Adam, every discriminator's backward and Adam) on
 fixed batches, batch 4 per domain, 256 px, resnet34, augmentation off so only the
 networks are measured. ``STAINADAPT_BENCH_SIZE``, ``STAINADAPT_BENCH_BATCH`` and
-``STAINADAPT_BENCH_BACKBONE`` change that.
+``STAINADAPT_BENCH_BACKBONE`` change that (``STAINADAPT_BENCH_DEVICE``, ``..._AMP`` too).
 
 Issue 6's target (recorded, not asserted): the uda step with ``mirrored`` + ``shape``
 costs no more than 1.2x what its FLOPs predict from the plain segmentation step measured
@@ -35,6 +35,8 @@ from stainadapt.engine.trainer import Trainer  # noqa: E402
 SIZE = int(os.environ.get("STAINADAPT_BENCH_SIZE", "256"))
 BATCH = int(os.environ.get("STAINADAPT_BENCH_BATCH", "4"))
 BACKBONE = os.environ.get("STAINADAPT_BENCH_BACKBONE", "resnet34")
+DEVICE = os.environ.get("STAINADAPT_BENCH_DEVICE", "auto")
+AMP = os.environ.get("STAINADAPT_BENCH_AMP", "off")
 
 CASES = {
     "seg": ("source-only", []),
@@ -57,7 +59,8 @@ def build(case: str, domains, out: Path):
     mode, discs = CASES[case]
     s, t = domains
     cfg = TrainConfig(source=str(s), target=str(t), out=str(out), mode=mode, discs=discs,
-                      backbone=BACKBONE, image_size=SIZE, batch_size=BATCH, augment=False,
+                      backbone=BACKBONE, image_size=SIZE, device=DEVICE, amp=AMP,
+                      batch_size=BATCH, augment=False,
                       val_fraction=0.0, steps_per_epoch=1, samples=0, select="last",
                       pretrain_epochs=1, disc_epochs=0, adv_epochs=0 if mode != "uda" else 1)
     trainer = Trainer(cfg)
