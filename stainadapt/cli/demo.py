@@ -28,6 +28,10 @@ def demo(
     result = run_guarded(lambda: run_demo(out, quick=is_quick, console=console,
                                           progress=is_tty(), device=device))
     stdout.print(results_table(result))
+    rows = result["rows"]
+    if rows and not is_quick and rows[-1]["dice"] <= rows[0]["dice"]:
+        stdout.print("note: UDA did not beat source-only on Masson Dice with this budget "
+                     "(single seed; see metrics.jsonl of both runs)")
     stdout.print(
         f"runs: {out / 'source-only'} and {out / 'uda'} (model.safetensors, metrics.jsonl); "
         f"curves: {out / 'uda' / 'curves.png'}; overlays: {out / 'uda' / 'samples'}/; "

@@ -42,12 +42,21 @@ class DemoBudget:
     steps_per_epoch: int = 10
     discs: tuple[str, ...] = ("mirrored", "shape")
     disc_lr: float = 1e-3
-    lr: float = 1e-3
+    lr: float = 3e-4
+    dice_weight: float = 1.0
     data_n: int | None = None  # None: the default cached data set
     data_size: int | None = None
 
 
-FULL = DemoBudget()
+# Tuned on the synthetic data (single seed; see the issue note): the paper's lr 1e-3 at
+# batch 4 makes the last snapshot of a 100-step run a lottery, so G uses 3e-4; the
+# discriminators learn at 1e-4 and the domain terms weigh more than the paper's
+# (0.01 / 0.05) because this budget has 40 adversarial steps, not 100 epochs.
+FULL = DemoBudget(
+    lr=3e-4,
+    disc_lr=1e-4,
+    discs=("mirrored:weight_encoder=0.1,weight_decoder=0.1", "shape:weight=0.01"),
+)
 QUICK = DemoBudget(image_size=64, batch_size=2, pretrain_epochs=1, disc_epochs=1,
                    adv_epochs=1, steps_per_epoch=2, data_n=10, data_size=128)
 
@@ -99,6 +108,7 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
         image_size=budget.image_size, batch_size=budget.batch_size,
         pretrain_epochs=budget.pretrain_epochs, adv_epochs=budget.adv_epochs,
         steps_per_epoch=budget.steps_per_epoch, lr=budget.lr, device=device, seed=0,
+        dice_weight=budget.dice_weight,
         select="last",
     )
     runs = {
