@@ -161,3 +161,23 @@ def test_root_finds_tmp_path_isolation(tmp_path: Path):
     # Sanity: the fixture's distributions do not leak into other tests.
     registry.clear_cache()
     assert "fakegood" not in registry.plugin_names("normalizers")
+
+
+def test_cli_lists_broken_plugin_with_exit_0(fake_plugins):
+    import json
+
+    from typer.testing import CliRunner
+
+    from stainadapt.cli.app import app
+
+    fake_plugins(
+        "fake-broken",
+        {"stainadapt.normalizers": {"fakebroken": "fakeplug_broken:make"}},
+        "fakeplug_broken\nraise RuntimeError('plugin exploded at import')\n",
+    )
+    result = CliRunner().invoke(app, ["plugins", "--json", "--group", "normalizers"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert rows["fakebroken"]["status"] == "error"
+    assert "plugin exploded at import" in rows["fakebroken"]["error"]
+    assert rows["macenko"]["status"] == "ok"
