@@ -46,16 +46,23 @@ class DemoBudget:
     dice_weight: float = 1.0
     data_n: int | None = None  # None: the default cached data set
     data_size: int | None = None
+    seed: int = 0
+    select: str = "source"  # the same rule for both runs; source labels only
 
 
-# Tuned on the synthetic data (single seed; see the issue note): the paper's lr 1e-3 at
-# batch 4 makes the last snapshot of a 100-step run a lottery, so G uses 3e-4; the
-# discriminators learn at 1e-4 and the domain terms weigh more than the paper's
-# (0.01 / 0.05) because this budget has 40 adversarial steps, not 100 epochs.
+# Measured on the synthetic data (seeds 0 and 1, resnet18, 96 px, 10 steps/epoch, both
+# runs selected on the SOURCE validation Dice, 16 G epochs each): source-only reaches
+# PASM Dice 0.95-0.96 and Masson Dice 0.232 / 0.200; UDA with these settings 0.182 /
+# 0.186. UDA does NOT beat source-only at this budget: the domain discriminators stay at
+# 0.8-1.0 accuracy and stronger domain terms (encoder 0.1, shape 0.1, D lr 3e-4, a shorter
+# s0) over-segment Masson. The weak weights below are the least harmful found.
 FULL = DemoBudget(
     lr=3e-4,
     disc_lr=1e-4,
-    discs=("mirrored:weight_encoder=0.1,weight_decoder=0.1", "shape:weight=0.01"),
+    pretrain_epochs=4,
+    disc_epochs=2,
+    adv_epochs=12,
+    discs=("mirrored:weight_encoder=0.03,weight_decoder=0.01", "shape:weight=0.01"),
 )
 QUICK = DemoBudget(image_size=64, batch_size=2, pretrain_epochs=1, disc_epochs=1,
                    adv_epochs=1, steps_per_epoch=2, data_n=10, data_size=128)
@@ -107,9 +114,9 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
         source=str(source), target=str(target), backbone=budget.backbone,
         image_size=budget.image_size, batch_size=budget.batch_size,
         pretrain_epochs=budget.pretrain_epochs, adv_epochs=budget.adv_epochs,
-        steps_per_epoch=budget.steps_per_epoch, lr=budget.lr, device=device, seed=0,
+        steps_per_epoch=budget.steps_per_epoch, lr=budget.lr, device=device, seed=budget.seed,
         dice_weight=budget.dice_weight,
-        select="last",
+        select=budget.select,
     )
     runs = {
         "source-only": TrainConfig(out=str(out / "source-only"), mode="source-only",
