@@ -473,7 +473,7 @@ class Trainer:
                             out = {h: v[real.shape[0]:] for h, v in out.items()}
                             flipped = torch.ones(x.shape[0], device=x.device)
                         else:  # flipped domain labels: source -> 0, target -> 1
-                            out = disc({k: feats[k] for k in disc.consumes})
+                            out = disc({**feats, "mask": probs})  # features and/or output space
                             flipped = torch.cat([torch.zeros(b, device=x.device),
                                                  torch.ones(x.shape[0] - b, device=x.device)])
                         for head, logit in out.items():
@@ -502,7 +502,7 @@ class Trainer:
                     labels = torch.cat([torch.ones(real.shape[0], device=x.device),
                                         torch.zeros(probs_d.shape[0], device=x.device)])
                 else:
-                    inputs = {k: feats_d[k] for k in disc.consumes}
+                    inputs = {**feats_d, "mask": probs_d}
                     labels = torch.cat([torch.ones(b, device=x.device),
                                         torch.zeros(n_t, device=x.device)])
                 out = disc(inputs)
