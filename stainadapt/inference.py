@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device import resolve_device
 from .errors import InputError, RunFailure
 
 __all__ = [
@@ -121,21 +122,6 @@ def _tissue_map(band: np.ndarray, stride: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- devices
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as torch parses it."""
-    if isinstance(device, torch.device):
-        return device
-    if device in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"--device {device!r}: {exc}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
-    return dev
 
 
 def resolve_amp(amp: str | bool | None, device: torch.device) -> torch.dtype | None:

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainConfig, dumps_toml, load_toml
+from ..device import resolve_device as _resolve_device
 from ..errors import InputError
 from .checkpoint import atomic_write_text, normalizer_to_meta, save_model
 from .losses import seg_loss
@@ -81,15 +82,8 @@ FROZEN_ON_RESUME = ("mode", "discs", "backbone", "image_size", "source", "target
 
 
 def resolve_device(spec: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cpu``; ``cuda`` / ``cuda:N``."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise InputError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {spec!r} asked for but CUDA is not available")
+    """The shared ``--device`` rule; training runs on CPU or CUDA only."""
+    device = _resolve_device(spec)
     if device.type not in ("cpu", "cuda"):
         raise InputError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
     return device

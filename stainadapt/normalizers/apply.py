@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..device import resolve_device
 from ..errors import InputError, RunFailure
 from .base import TissueWarning
 
@@ -78,18 +79,6 @@ def collect_inputs(inputs: Sequence[Path | str]) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"bad device {device!r}: use auto, cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
 def load_normalizer(
     spec: str, reference: Path | str | None, device: str | torch.device = "cpu"
 ) -> Any:
@@ -97,7 +86,7 @@ def load_normalizer(
     from .. import create
     from ..data.io import read_image
 
-    norm = create("normalizers", spec).to(_device(device))
+    norm = create("normalizers", spec).to(resolve_device(device))
     if reference is not None:
         ref = read_image(reference)
         try:
