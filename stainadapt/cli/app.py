@@ -19,6 +19,30 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _no_type_after_flags() -> None:
+    """Show no ``<bool>`` type after flags (``--overlay``, ``--help``) in the rich help.
+
+    Typer's rich help panels print ``TyperOption.display_type_rich`` for every option;
+    unlike its plain-text help (``get_help_record``), it does not skip flags, which take
+    no value. Patched here, once, for the versions that have the method.
+    """
+    option = getattr(typer.core, "TyperOption", None)
+    original = getattr(option, "display_type_rich", None)
+    if original is None or getattr(original, "_skips_flags", False):
+        return
+
+    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return original(self, ctx)
+
+    display_type_rich._skips_flags = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_no_type_after_flags()
+
 # Each module defines ``app`` holding one command; added in this order to --help.
 COMMAND_MODULES = [
     "demo",
