@@ -7,7 +7,8 @@ Discovery is lazy: listing a group reads entry-point metadata only; a plugin's m
 imported when the plugin is created (or when ``list_plugins(load=True)`` asks for its
 status). A plugin whose import fails is reported with its package and error, and never
 takes the others down. ``STAINADAPT_DISABLE_PLUGINS=name,group:name`` blocks plugins, as
-pytest's ``-p no:NAME`` does.
+pytest's ``-p no:NAME`` does. Scripts and notebooks add a plugin without packaging it
+with :func:`register`.
 
 A plugin is a factory (a function or a class). Its keyword parameters are its options,
 which a spec string sets: ``"single:layer=f9,weight=0.05"``. Positional parameters before
@@ -37,6 +38,7 @@ __all__ = [
     "plugin_options",
     "plugin_names",
     "clear_cache",
+    "register",
 ]
 
 GROUPS: dict[str, str] = {
@@ -72,6 +74,8 @@ class PluginInfo:
 
 
 _cache: dict[str, dict[str, PluginInfo]] = {}
+# Plugins registered in-process with register() (scripts, notebooks): group -> name -> factory
+_registered: dict[str, dict[str, Callable[..., Any]]] = {}
 
 
 def clear_cache() -> None:
@@ -131,8 +135,64 @@ def _discover(group: str) -> dict[str, PluginInfo]:
             found[f"{ep.name}@{package}"] = info
             continue
         found[ep.name] = info
+    for name, factory in _registered.get(group, {}).items():
+        value = f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', '?')}"
+        info = PluginInfo(group, name, value, "(registered)", "-", factory=factory)
+        info.status = "disabled" if name in disabled or f"{group}:{name}" in disabled else "ok"
+        if name in found:  # a package installed after register() was called
+            other = found[name]
+            message = (f"{group} plugin {name!r} is registered by register() ({value}) and "
+                       f"installed by {other.package} ({other.value}); use another name")
+            for clash in (other, info):
+                clash.status = "duplicate"
+                clash.error = message
+            found[f"{name}@registered"] = info
+            continue
+        found[name] = info
     _cache[group] = found
     return found
+
+
+def register(group: str, name: str, factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Make ``factory`` a plugin of ``group`` in this process, without packaging it.
+
+    The way for scripts and notebooks; packages declare an entry point instead (see
+    ``docs/plugins.md``)::
+
+        from stainadapt.registry import register
+        register("discriminators", "patch", PatchDiscriminator)
+        # now --disc / TrainConfig(discs=["patch:width=16"]) and create() find it
+
+    Registering the same name again replaces the earlier registration (re-running a
+    notebook cell); a name an installed package already provides is refused. The
+    registration lives in this process only: ``stainadapt train`` in another process,
+    and resuming the run there, need the plugin registered there too (or packaged).
+    ``STAINADAPT_DISABLE_PLUGINS`` applies as for installed plugins. Returns
+    ``factory``, so it can also be used as ``register("normalizers", "mine", Mine)``
+    right after the class definition.
+    """
+    group = _short_group(group)
+    if not callable(factory):
+        raise PluginError(f"register({group!r}, {name!r}, ...): the factory is not callable")
+    if not isinstance(name, str) or not name.strip() or name != name.strip() or any(
+        c in name for c in ":,=@ "
+    ):
+        raise PluginError(
+            f"register({group!r}, {name!r}, ...): a plugin name is a non-empty word "
+            "without spaces or any of : , = @"
+        )
+    installed = {ep.name: ep for ep in _entry_points(GROUPS[group])}
+    if name in installed:
+        ep = installed[name]
+        dist = getattr(ep, "dist", None)
+        package = dist.metadata["Name"] if dist is not None else "?"
+        raise PluginError(
+            f"{group} plugin {name!r} is already installed by package {package} "
+            f"({ep.value}); register yours under another name"
+        )
+    _registered.setdefault(group, {})[name] = factory
+    _cache.pop(group, None)
+    return factory
 
 
 def _load(info: PluginInfo) -> Callable[..., Any]:
