@@ -25,10 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, RunFailure
 
 __all__ = [
     "MODEL_WEIGHTS",
+    "non_finite",
+    "require_finite",
     "MODEL_META",
     "atomic_save",
     "atomic_write_bytes",
@@ -93,6 +95,60 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+# --------------------------------------------------------------------------- finiteness
+
+
+def _tensors(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every floating-point tensor in a (nested) state dict, with a dotted name."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [(prefix, value)] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return []
+    out: list[tuple[str, Any]] = []
+    for key, item in items:
+        out.extend(_tensors(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def non_finite(state: Any) -> list[str]:
+    """Names of the floating-point tensors in ``state`` holding NaN or infinity.
+
+    One host sync for the whole state (the per-tensor checks are stacked on the device),
+    so it is cheap enough to run before every save.
+    """
+    import torch
+
+    named = _tensors(state)
+    if not named:
+        return []
+    by_device: dict[Any, list[int]] = {}
+    for i, (_, t) in enumerate(named):
+        by_device.setdefault(t.device, []).append(i)
+    bad: list[str] = []
+    for idx in by_device.values():
+        ok = torch.stack([torch.isfinite(named[i][1]).all() for i in idx]).cpu().tolist()
+        bad.extend(named[i][0] for i, good in zip(idx, ok, strict=True) if not good)
+    return bad
+
+
+def require_finite(state: Any, what: str) -> None:
+    """Refuse to write NaN/inf weights: :class:`RunFailure` naming the first bad tensors.
+
+    A diverged run must never replace a good checkpoint with a poisoned one; the trainer
+    rolls back before it gets here, so this is the last line of defence.
+    """
+    bad = non_finite(state)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise RunFailure(f"{what}: refusing to write non-finite (NaN/inf) weights ({shown})")
+
+
 # --------------------------------------------------------------------------- normaliser
 
 
@@ -126,6 +182,7 @@ def save_model(run_dir: str | os.PathLike[str], model: Any, meta: dict[str, Any]
     ``meta`` holds the keys listed in docs/CONTRACTS.md; ``backbone`` and
     ``decoder_channels`` default to the model's own attributes and ``stainadapt_version``
     to the installed version, so a caller may pass only what the model cannot know.
+    Weights holding NaN or infinity are refused (:class:`RunFailure`); nothing is written.
     """
     from safetensors.torch import save as st_save
 
@@ -135,6 +192,7 @@ def save_model(run_dir: str | os.PathLike[str], model: Any, meta: dict[str, Any]
     run.mkdir(parents=True, exist_ok=True)
     # Clone: safetensors refuses tensors sharing storage, and CPU copies free the device.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    require_finite(tensors, str(run / MODEL_WEIGHTS))
     full = {
         "backbone": getattr(model, "backbone_name", None),
         "image_size": None,
