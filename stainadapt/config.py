@@ -70,6 +70,13 @@ class TrainConfig:
     reference: str | None = None
     threshold: float = 0.5
     samples: int = 4  # overlays written to samples/
+    # divergence (docs/reliability.md): after this many consecutive non-finite (skipped)
+    # updates of one optimiser, or non-finite weights at an epoch boundary, roll back to
+    # the last epoch boundary's state.pt with every learning rate times rollback_lr_factor;
+    # give up (exit 1) after max_rollbacks rollbacks. divergence_steps = 0: never roll back.
+    divergence_steps: int = 3
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> TrainConfig:
@@ -104,6 +111,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise InputError(f"{name} must be a positive number, got {value}")
+        for name in ("divergence_steps", "max_rollbacks"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.rollback_lr_factor) and 0 < self.rollback_lr_factor <= 1):
+            raise InputError(
+                f"rollback_lr_factor must be in (0, 1], got {self.rollback_lr_factor}")
         if (self.normalize is None) != (self.reference is None):
             raise InputError("--normalize and --reference go together: give both or neither")
         return self
