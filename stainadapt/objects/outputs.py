@@ -1,0 +1,117 @@
+"""``predict --instances``: objects, GeoJSON and CSV from the masks ``predict`` wrote.
+
+Runs after :func:`stainadapt.inference.predict_paths`, on its outputs, so it works the
+same for a one-process run and a torchrun job, and for a rerun that kept existing
+masks. Per input ``NAME`` it reads ``OUT/NAME.png`` (or ``OUT/NAME.tif``) and, when
+present, ``OUT/probabilities/NAME.*`` (for the mean probability), and writes
+``OUT/NAME.geojson`` and ``OUT/NAME.csv``; then ``OUT/summary.csv`` over every input
+that has a CSV. TIFF masks go through :func:`.tiled.objects_from_tiff` (bounded
+memory, objects merged across tile borders); PNG masks are read whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .instances import GlomerulusObject, InstanceOptions, objects_from_arrays
+from .tiled import objects_from_tiff
+from .writers import read_summary_row, write_csv, write_geojson, write_summary
+
+__all__ = ["SUMMARY_NAME", "ObjectsReport", "objects_for_mask", "write_prediction_objects"]
+
+SUMMARY_NAME = "summary.csv"
+
+
+@dataclass
+class ObjectsReport:
+    """What :func:`write_prediction_objects` did."""
+
+    written: list[Path] = field(default_factory=list)
+    existing: list[Path] = field(default_factory=list)
+    missing_masks: list[Path] = field(default_factory=list)
+    objects: int = 0
+    summary: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))
+
+
+def objects_for_mask(
+    mask_path: str | Path,
+    prob_path: str | Path | None,
+    options: InstanceOptions,
+    notes: list[str] | None = None,
+) -> list[GlomerulusObject]:
+    """Objects of one mask file written by ``predict`` (0/255; PNG or TIFF)."""
+    mask_path = Path(mask_path)
+    prob = Path(prob_path) if prob_path is not None and Path(prob_path).exists() else None
+    if mask_path.suffix.lower() in (".tif", ".tiff"):
+        return objects_from_tiff(mask_path, prob, options, notes)
+    mask = _read_gray(mask_path) >= 128
+    probs = _read_gray(prob).astype(np.float32) / 255.0 if prob is not None else None
+    return objects_from_arrays(mask, probs, options, notes)
+
+
+def write_prediction_objects(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    options: InstanceOptions,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[Path], None] | None = None,
+) -> ObjectsReport:
+    """GeoJSON + CSV per predicted image of ``inputs`` in ``out``, and ``summary.csv``.
+
+    Existing GeoJSON/CSV newer than their mask are kept unless ``overwrite``. Inputs
+    without a mask (their prediction failed) are listed in ``missing_masks``.
+    """
+    from ..inference import collect_inputs
+
+    files = collect_inputs(inputs)
+    clash = [f for f in files if f.stem == Path(SUMMARY_NAME).stem]
+    if clash:
+        raise InputError(
+            f"{clash[0]}: an input named 'summary' would overwrite {SUMMARY_NAME}; rename it"
+        )
+    out = Path(out)
+    report = ObjectsReport()
+    csvs: list[Path] = []
+    for path in files:
+        suffix = ".tif" if path.suffix.lower() in (".tif", ".tiff") else ".png"
+        mask_path = out / f"{path.stem}{suffix}"
+        if not mask_path.exists():
+            report.missing_masks.append(path)
+            continue
+        geojson, table = out / f"{path.stem}.geojson", out / f"{path.stem}.csv"
+        csvs.append(table)
+        fresh = all(
+            p.exists() and p.stat().st_mtime_ns >= mask_path.stat().st_mtime_ns
+            for p in (geojson, table)
+        )
+        if fresh and not overwrite:
+            report.existing.append(geojson)
+            continue
+        if progress is not None:
+            progress(path)
+        notes: list[str] = []
+        objects = objects_for_mask(
+            mask_path, out / "probabilities" / f"{path.stem}{suffix}", options, notes
+        )
+        report.notes.extend(f"{path.name}: {n}" for n in notes)
+        write_geojson(geojson, objects, path.stem, options.mpp, options.class_name)
+        write_csv(table, objects, options.mpp)
+        report.written.append(geojson)
+        report.objects += len(objects)
+    if csvs:
+        report.summary = write_summary(out / SUMMARY_NAME, [read_summary_row(c) for c in csvs])
+    return report
