@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from .common import STATE
+from .common import STATE, run_guarded
 
 app = typer.Typer(
     name="stainadapt",
@@ -71,9 +71,23 @@ def root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
     ] = False,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            "--max-pixels",
+            help="Refuse images whose header claims more pixels than this, before decoding "
+            "(decompression bombs; default 2**31, 0: no limit; env STAINADAPT_MAX_PIXELS). "
+            "Applies to every command: stainadapt --max-pixels N train ...",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """stainadapt: train on one stain, segment glomeruli in another."""
     STATE["debug"] = debug
+    if max_pixels is not None:
+        from ..data.io import set_pixel_limit
+
+        run_guarded(lambda: set_pixel_limit(max_pixels))
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
 
 

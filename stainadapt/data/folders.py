@@ -2,6 +2,13 @@
 
 :func:`scan_domain` checks the whole folder before anything is trained or written and
 reports every problem at once, one line per problem naming the file.
+
+Images under :data:`MIN_SIDE` pixels on a side are refused: smaller images are
+reflect-padded up to the crop size, and below 16 pixels a crop would be almost all
+mirrored copies (a 16-pixel tile is already smaller than one glomerulus at any
+magnification this tool is used at), so such a file is more likely a thumbnail or an
+export mistake than training data. Images over the pixel limit
+(:func:`~stainadapt.data.io.pixel_limit`) are refused from their header.
 """
 
 from __future__ import annotations
@@ -10,9 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .io import IMAGE_EXTS, MASK_EXTS, check_intact, image_shape, read_image, read_mask
+from .io import (
+    IMAGE_EXTS,
+    MASK_EXTS,
+    check_intact,
+    check_pixels,
+    image_shape,
+    read_image,
+    read_mask,
+)
 
-__all__ = ["Sample", "scan_domain"]
+__all__ = ["MIN_SIDE", "Sample", "scan_domain"]
+
+#: Smallest image side accepted for training/validation (see the module docstring).
+MIN_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -48,15 +66,20 @@ def scan_domain(
     require_masks: bool,
     mask_threshold: float | None = None,
     verify: bool = False,
+    verify_masks: bool | None = None,
 ) -> list[Sample]:
     """Validate a domain folder and return its samples sorted by name.
 
     Sizes are compared from the file headers and every file gets a cheap completeness
     check (:func:`~stainadapt.data.io.check_intact`: truncation is caught without
     decoding); ``verify=True`` also decodes every image and mask (catches corrupt pixel
-    data and masks with more than two values).
+    data and masks with more than two values); ``verify_masks`` (default: ``verify``)
+    decides that for the masks alone, so a caller that must not read a domain's masks
+    (the target of an unsupervised run) can still verify its images.
     Raises one :class:`InputError` listing every problem found.
     """
+    if verify_masks is None:
+        verify_masks = verify
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder (expected DOMAIN/images/ and DOMAIN/masks/)")
@@ -86,16 +109,26 @@ def scan_domain(
         shape = None
         try:
             shape = image_shape(ipath)
-            check_intact(ipath)
-            if verify:
+            h, w = shape
+            if min(shape) < MIN_SIDE:
+                problems.append(
+                    f"{ipath}: image is {w}x{h}, under the minimum side of {MIN_SIDE} pixels"
+                )
+                shape = None
+            else:
+                check_pixels(ipath, h, w)
+                check_intact(ipath)
+            if verify and shape is not None:
                 read_image(ipath)
         except InputError as exc:
             problems.append(str(exc))
+            if "--max-pixels" in str(exc):
+                mpath = None  # its mask is as large: one line for the pair is enough
         if mpath is not None:
             try:
                 mshape = image_shape(mpath)
                 check_intact(mpath)
-                if verify:
+                if verify_masks:
                     read_mask(mpath, threshold=mask_threshold)
                 if shape is not None and mshape != shape:
                     problems.append(

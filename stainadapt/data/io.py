@@ -15,6 +15,14 @@ Everything an image reader returns is ``(H, W, 3) uint8`` RGB:
 
 Every failure is an :class:`~stainadapt.errors.InputError` whose message starts with
 the path.
+
+Decompression bombs: a header claiming more than the pixel limit is refused before any
+pixel buffer is allocated. The limit is one process-wide setting (:func:`pixel_limit`,
+:func:`set_pixel_limit`) so every reader -- training crops, validation, prediction,
+normalisation, evaluation -- obeys the same value without threading an argument through
+every call. It starts from the ``STAINADAPT_MAX_PIXELS`` environment variable (default
+:data:`DEFAULT_MAX_PIXELS`); ``stainadapt --max-pixels N COMMAND`` sets both, so
+data-loader worker processes started later inherit it.
 """
 
 from __future__ import annotations
@@ -32,11 +40,15 @@ from ..errors import InputError
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTS",
+    "MAX_PIXELS_ENV",
     "MASK_EXTS",
     "check_intact",
+    "check_pixels",
     "image_shape",
+    "pixel_limit",
     "read_image",
     "read_mask",
+    "set_pixel_limit",
     "to_rgb8",
     "write_image",
 ]
@@ -48,6 +60,40 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 #: Images whose header claims more pixels than this are refused before decoding.
 DEFAULT_MAX_PIXELS = 2**31
+#: Environment variable holding the process-wide limit (an integer; 0 means no limit).
+MAX_PIXELS_ENV = "STAINADAPT_MAX_PIXELS"
+#: What to tell the user to do when the limit refuses a file.
+_RAISE_HINT = f"raise the limit with stainadapt --max-pixels N (or {MAX_PIXELS_ENV}=N)"
+
+
+def _parse_limit(value: str | int, where: str) -> int:
+    try:
+        limit = int(str(value).strip().replace("_", ""))
+    except ValueError:
+        raise InputError(f"{where}: {value!r} is not a whole number of pixels") from None
+    if limit < 0:
+        raise InputError(f"{where}: {limit} must be at least 0 (0: no limit)")
+    return limit
+
+
+def pixel_limit() -> int:
+    """The current pixel limit (0: none): ``STAINADAPT_MAX_PIXELS`` or the default.
+
+    Read from the environment on every call so that a limit set by the CLI (or by a
+    test) reaches worker processes and is never stale.
+    """
+    value = os.environ.get(MAX_PIXELS_ENV)
+    if value is None or not value.strip():
+        return DEFAULT_MAX_PIXELS
+    return _parse_limit(value, MAX_PIXELS_ENV)
+
+
+def set_pixel_limit(limit: int | None) -> None:
+    """Set the process-wide pixel limit (``None``: back to the default; 0: no limit)."""
+    if limit is None:
+        os.environ.pop(MAX_PIXELS_ENV, None)
+        return
+    os.environ[MAX_PIXELS_ENV] = str(_parse_limit(limit, "--max-pixels"))
 
 
 def _err(path: Path | str, reason: str) -> InputError:
@@ -119,7 +165,7 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
         with tifffile.TiffFile(path) as tif:
             level = _tiff_level0(tif)
             h, w = _tiff_hw(level)
-            _check_pixels(path, h, w, max_pixels)
+            check_pixels(path, h, w, max_pixels)
             arr = level.asarray()
             axes = level.axes
     except InputError:
@@ -159,7 +205,7 @@ def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
     try:
         with _pillow_unlimited(), Image.open(path) as im:
             w, h = im.size
-            _check_pixels(path, h, w, max_pixels)
+            check_pixels(path, h, w, max_pixels)
             im.load()
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -175,7 +221,7 @@ def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
-        raise _err(path, f"image too large ({exc}); raise --max-pixels") from exc
+        raise _err(path, f"image too large ({exc}); {_RAISE_HINT}") from exc
     except Exception as exc:
         raise _err(path, f"cannot read image ({_reason(exc)})") from exc
     return arr
@@ -188,17 +234,21 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _check_pixels(path: Path, h: int, w: int, max_pixels: int) -> None:
+def check_pixels(path: Path | str, h: int, w: int, max_pixels: int | None = None) -> None:
+    """Refuse an ``h`` x ``w`` image (sizes from its header) over the pixel limit."""
+    if max_pixels is None:
+        max_pixels = pixel_limit()
     if max_pixels and h * w > max_pixels:
         raise _err(
             path,
-            f"image is {w}x{h} = {h * w} pixels, more than the limit {max_pixels}; "
-            "raise --max-pixels to read it",
+            f"image is {w}x{h} = {h * w} pixels, more than the limit {max_pixels} "
+            f"(refused before decoding); {_RAISE_HINT}",
         )
 
 
-def _read_raw(path: Path | str, exts: tuple[str, ...], max_pixels: int) -> np.ndarray:
+def _read_raw(path: Path | str, exts: tuple[str, ...], limit: int | None) -> np.ndarray:
     path = Path(path)
+    max_pixels = pixel_limit() if limit is None else limit
     _check_file(path, exts)
     if path.suffix.lower() in TIFF_EXTS:
         arr = _read_tiff(path, max_pixels)
@@ -317,8 +367,11 @@ def check_intact(path: Path | str) -> None:
         raise _err(path, f"cannot read image ({_reason(exc)})") from exc
 
 
-def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image as ``(H, W, 3) uint8`` RGB (see the module docstring for the rule)."""
+def read_image(path: Path | str, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image as ``(H, W, 3) uint8`` RGB (see the module docstring for the rule).
+
+    ``max_pixels=None`` uses the process-wide limit (:func:`pixel_limit`).
+    """
     arr = _read_raw(path, IMAGE_EXTS, max_pixels)
     try:
         return to_rgb8(arr)
@@ -327,7 +380,7 @@ def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
 
 
 def read_mask(
-    path: Path | str, threshold: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: Path | str, threshold: float | None = None, max_pixels: int | None = None
 ) -> np.ndarray:
     """Read a mask as ``(H, W) bool``: 0 is background, anything else glomerulus.
 
