@@ -63,6 +63,8 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     workers: int = 0
+    # under torchrun: BatchNorm statistics over all ranks' batches (CUDA only)
+    sync_bn: bool = False
     select: str | None = None  # None: target in sda, last in uda, source in source-only
     augment: bool = True
     stain_jitter: float = 0.0

@@ -259,6 +259,78 @@ class TiffBandReader:
         return to_rgb8(raw)
 
 
+# --------------------------------------------------------------------------- sharding
+
+
+class BandShards:
+    """One large image split across the ranks of a torchrun job, group of bands by group.
+
+    Group ``g`` (see :meth:`SlidingWindowPredictor._layout`) is computed by rank
+    ``g % world``; every other rank sends each of its groups' results to rank 0 as
+    ``[status, n_kept]`` (int64), the skip flags of the group's windows (int64) and the
+    kept windows' probabilities ``(n_kept, T, T)`` (float32), in group order. Rank 0 blends
+    them in the one-process order, so the mask is byte-identical to a one-process run.
+    A rank that fails sends ``status = 1`` for each remaining group of its own: rank 0
+    always receives exactly one message per remote group, and nobody waits forever.
+    Tensors travel on the CPU with gloo and on the device with NCCL.
+    """
+
+    def __init__(self, rank: int, world: int, device: torch.device) -> None:
+        import torch.distributed as dist
+
+        self.rank, self.world = rank, world
+        self.comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        self._received: set[int] = set()
+
+    def owner(self, group: int) -> int:
+        return group % self.world
+
+    def send(self, skipped: list[bool], probs: torch.Tensor | None) -> None:
+        import torch.distributed as dist
+
+        n = 0 if probs is None else int(probs.shape[0])
+        dist.send(torch.tensor([0, n], dtype=torch.int64, device=self.comm), dst=0)
+        dist.send(torch.tensor(skipped, dtype=torch.int64, device=self.comm), dst=0)
+        if probs is not None and n:
+            dist.send(probs.float().contiguous().to(self.comm), dst=0)
+
+    def send_failure(self) -> None:
+        import torch.distributed as dist
+
+        dist.send(torch.tensor([1, 0], dtype=torch.int64, device=self.comm), dst=0)
+
+    def receive(self, group: int, n_windows: int, tile: int) -> tuple[list[bool], torch.Tensor]:
+        """Rank 0: the skip flags and kept probabilities of a group another rank owns."""
+        import torch.distributed as dist
+
+        src = self.owner(group)
+        head = torch.zeros(2, dtype=torch.int64, device=self.comm)
+        dist.recv(head, src=src)
+        if int(head[0]) != 0:
+            self._received.add(group)
+            raise RuntimeError(f"rank {src} could not predict its share of the image")
+        flags = torch.zeros(n_windows, dtype=torch.int64, device=self.comm)
+        dist.recv(flags, src=src)
+        n = int(head[1])
+        probs = torch.zeros(n, tile, tile, dtype=torch.float32, device=self.comm)
+        if n:
+            dist.recv(probs, src=src)
+        self._received.add(group)
+        return [bool(f) for f in flags.tolist()], probs
+
+    def drain(self, sizes: list[int], tile: int) -> None:
+        """Rank 0: receive (and drop) every remote group not received yet.
+
+        ``sizes``: the number of windows of each group. Called when rank 0 stops early,
+        so the other ranks' sends complete and the next file starts in step.
+        """
+        for g, n_windows in enumerate(sizes):
+            if self.owner(g) == 0 or g in self._received:
+                continue
+            with contextlib.suppress(RuntimeError):  # a failure message: nothing to drop
+                self.receive(g, n_windows, tile)
+
+
 # --------------------------------------------------------------------------- predictor
 
 
@@ -363,84 +435,173 @@ class SlidingWindowPredictor:
         t, o = self.tile, self.overlap
         return len(window_starts(height, t, o)) * len(window_starts(width, t, o))
 
-    @torch.inference_mode()
-    def predict_rows(
-        self, reader: Any, progress: Callable[[int, int], None] | None = None
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(y, probs (r, W) float32)`` row pieces covering the image top to bottom.
+    def _layout(self, height: int, width: int) -> tuple[int, int, list[int], list[list[int]]]:
+        """``(padded H, padded W, window x starts, groups of window y starts)``.
 
-        ``reader`` has ``shape = (H, W)`` and ``read_rows(y0, y1) -> (r, W, 3) uint8``.
+        A group is the rows of windows run in one pass: one band when a band fills a
+        batch, else enough narrow bands to fill whole batches (a 5-window band with
+        batch 8 goes 8 bands at a time).
         """
-        height, width = reader.shape
-        t, dev = self.tile, self.device
+        t = self.tile
         hp, wp = max(height, t), max(width, t)
         ys = window_starts(hp, t, self.overlap)
         xs = window_starts(wp, t, self.overlap)
-        total = len(ys) * len(xs)
-        stride = 4 if t >= 64 else 1
-        # Bands per pass: one when a band fills a batch; else enough narrow bands to fill
-        # whole batches (a 5-window band with batch 8 goes 8 bands at a time).
         k = (
             1
             if len(xs) >= self.batch_size
             else self.batch_size // math.gcd(len(xs), self.batch_size)
         )
-        groups = [ys[i : i + k] for i in range(0, len(ys), k)]
+        return hp, wp, xs, [ys[i : i + k] for i in range(0, len(ys), k)]
+
+    def group_sizes(self, shape: tuple[int, int]) -> list[int]:
+        """Windows per group of an image of ``shape`` (what each sharded message carries)."""
+        _, _, xs, groups = self._layout(*shape)
+        return [len(g) * len(xs) for g in groups]
+
+    def _read_group(
+        self, reader: Any, group: list[int], xs: list[int], wp: int
+    ) -> tuple[np.ndarray, list[bool]]:
+        """The (padded) pixels under one group, and per window (row-major) "skip: glass"."""
+        t = self.tile
+        height = reader.shape[0]
+        y_first, y_last = group[0], group[-1]
+        block = reader.read_rows(y_first, min(y_last + t, height))
+        rows = y_last + t - y_first
+        if block.shape[0] < rows or block.shape[1] < wp:
+            block = np.pad(
+                block,
+                ((0, rows - block.shape[0]), (0, wp - block.shape[1]), (0, 0)),
+                mode="symmetric",
+            )
+        stride = 4 if t >= 64 else 1
+        tissue = _tissue_map(block, stride) if self.min_tissue > 0 else None
+        skipped = []
+        for y in group:
+            for x in xs:
+                skip = False
+                if tissue is not None:
+                    ty = (y - y_first) // stride
+                    patch = tissue[ty : ty + t // stride, x // stride : (x + t) // stride]
+                    skip = float(patch.mean()) < self.min_tissue
+                skipped.append(skip)
+        return block, skipped
+
+    def _group_probs(
+        self, block: np.ndarray, keep: list[tuple[int, int]], y_first: int
+    ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
+        """``(windows, probabilities)`` batch by batch for the kept windows of a group."""
+        if not keep:
+            return
+        t = self.tile
+        block_t = torch.from_numpy(np.require(block, requirements=["C", "W"]))
+        block_t = block_t.to(self.device).permute(2, 0, 1)  # (3, rows, Wp)
+        for b in range(0, len(keep), self.batch_size):
+            chunk = keep[b : b + self.batch_size]
+            windows = torch.stack(
+                [block_t[:, y - y_first : y - y_first + t, x : x + t] for y, x in chunk]
+            )
+            yield chunk, self.predict_windows(windows)
+
+    @torch.inference_mode()
+    def predict_rows(
+        self,
+        reader: Any,
+        progress: Callable[[int, int], None] | None = None,
+        shard: BandShards | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(y, probs (r, W) float32)`` row pieces covering the image top to bottom.
+
+        ``reader`` has ``shape = (H, W)`` and ``read_rows(y0, y1) -> (r, W, 3) uint8``.
+        With ``shard`` (rank 0 of a torchrun job) the groups other ranks own are received
+        from them (:meth:`serve_rows`) instead of computed; they are blended here in the
+        same order and arithmetic as locally, so the output is the one-process output.
+        """
+        height, width = reader.shape
+        t, dev = self.tile, self.device
+        hp, wp, xs, groups = self._layout(height, width)
+        total = sum(len(g) for g in groups) * len(xs)
         acc = torch.zeros(0, wp, device=dev)
         wsum = torch.zeros(0, wp, device=dev)
         acc_y0 = 0  # image row of acc[0]
         done = 0
-        for g, group in enumerate(groups):
-            y_first, y_last = group[0], group[-1]
-            need = y_last + t - acc_y0
-            if acc.shape[0] < need:
-                grow = torch.zeros(need - acc.shape[0], wp, device=dev)
-                acc, wsum = torch.cat([acc, grow]), torch.cat([wsum, grow])
-            block = reader.read_rows(y_first, min(y_last + t, height))
-            rows = y_last + t - y_first
-            if block.shape[0] < rows or block.shape[1] < wp:
-                block = np.pad(
-                    block,
-                    ((0, rows - block.shape[0]), (0, wp - block.shape[1]), (0, 0)),
-                    mode="symmetric",
-                )
-            tissue = _tissue_map(block, stride) if self.min_tissue > 0 else None
-            keep: list[tuple[int, int]] = []
-            for y in group:
-                for x in xs:
-                    if tissue is not None:
-                        ty = (y - y_first) // stride
-                        patch = tissue[ty : ty + t // stride, x // stride : (x + t) // stride]
-                        if float(patch.mean()) < self.min_tissue:
-                            wsum[y - acc_y0 : y - acc_y0 + t, x : x + t] += self.weight
-                            self.stats.tiles_skipped += 1
-                            continue
-                    keep.append((y, x))
-            if keep:
-                block_t = torch.from_numpy(np.require(block, requirements=["C", "W"]))
-                block_t = block_t.to(dev).permute(2, 0, 1)  # (3, rows, Wp)
-                for b in range(0, len(keep), self.batch_size):
-                    chunk = keep[b : b + self.batch_size]
-                    windows = torch.stack(
-                        [block_t[:, y - y_first : y - y_first + t, x : x + t] for y, x in chunk]
-                    )
-                    probs = self.predict_windows(windows)
+        try:
+            for g, group in enumerate(groups):
+                y_first, y_last = group[0], group[-1]
+                need = y_last + t - acc_y0
+                if acc.shape[0] < need:
+                    grow = torch.zeros(need - acc.shape[0], wp, device=dev)
+                    acc, wsum = torch.cat([acc, grow]), torch.cat([wsum, grow])
+                windows = [(y, x) for y in group for x in xs]
+                chunks: Iterable[tuple[list[tuple[int, int]], torch.Tensor]]
+                if shard is None or shard.owner(g) == shard.rank:
+                    block, skipped = self._read_group(reader, group, xs, wp)
+                    keep = [w for w, s in zip(windows, skipped, strict=True) if not s]
+                    chunks = self._group_probs(block, keep, y_first)
+                else:
+                    skipped, probs = shard.receive(g, len(windows), t)
+                    keep = [w for w, s in zip(windows, skipped, strict=True) if not s]
+                    chunks = [(keep, probs.to(dev))] if keep else []
+                for (y, x), skip in zip(windows, skipped, strict=True):
+                    if skip:
+                        wsum[y - acc_y0 : y - acc_y0 + t, x : x + t] += self.weight
+                        self.stats.tiles_skipped += 1
+                for chunk, probs in chunks:
                     for (y, x), p in zip(chunk, probs, strict=True):
                         acc[y - acc_y0 : y - acc_y0 + t, x : x + t] += p * self.weight
                         wsum[y - acc_y0 : y - acc_y0 + t, x : x + t] += self.weight
-            self.stats.tiles_total += len(group) * len(xs)
-            done += len(group) * len(xs)
-            if progress is not None:
-                progress(done, total)
-            # Rows above the next pass's first window are final.
-            last = g == len(groups) - 1
-            next_start = hp if last else groups[g + 1][0]
-            n_final = min(next_start, height) - acc_y0
-            if n_final > 0:
-                yield acc_y0, (acc[:n_final, :width] / wsum[:n_final, :width]).cpu().numpy()
-            if not last:
-                acc, wsum = acc[next_start - acc_y0 :], wsum[next_start - acc_y0 :]
-                acc_y0 = next_start
+                self.stats.tiles_total += len(windows)
+                done += len(windows)
+                if progress is not None:
+                    progress(done, total)
+                # Rows above the next pass's first window are final.
+                last = g == len(groups) - 1
+                next_start = hp if last else groups[g + 1][0]
+                n_final = min(next_start, height) - acc_y0
+                if n_final > 0:
+                    yield acc_y0, (acc[:n_final, :width] / wsum[:n_final, :width]).cpu().numpy()
+                if not last:
+                    acc, wsum = acc[next_start - acc_y0 :], wsum[next_start - acc_y0 :]
+                    acc_y0 = next_start
+        except (Exception, GeneratorExit):
+            # stopped early (an error, or the writer closed us): receive what the other
+            # ranks still send, so they finish and the next file starts in step. Not on
+            # Ctrl-C: peers may be gone, and torchrun stops everyone anyway.
+            if shard is not None:
+                shard.drain([len(g) * len(xs) for g in groups], t)
+            raise
+
+    @torch.inference_mode()
+    def serve_rows(self, reader: Any, shape: tuple[int, int], shard: BandShards) -> None:
+        """Compute this rank's groups of an image and send them to rank 0 (no output).
+
+        The counterpart of :meth:`predict_rows` with ``shard`` on rank 0. ``reader`` may
+        be ``None`` (the file did not open here): every group is then reported as failed,
+        so rank 0 does not wait for data that will never come. Raises the first error
+        after all this rank's groups were answered.
+        """
+        _, wp, xs, groups = self._layout(*shape)
+        error: BaseException | None = None
+        if reader is None:
+            error = RuntimeError("the input could not be opened on this rank")
+        for g, group in enumerate(groups):
+            if shard.owner(g) != shard.rank:
+                continue
+            if error is not None:
+                shard.send_failure()
+                continue
+            try:
+                block, skipped = self._read_group(reader, group, xs, wp)
+                windows = [(y, x) for y in group for x in xs]
+                keep = [w for w, s in zip(windows, skipped, strict=True) if not s]
+                parts = [p for _, p in self._group_probs(block, keep, group[0])]
+                probs = torch.cat(parts) if parts else None
+            except Exception as exc:  # reported to rank 0, then raised here
+                error = exc
+                shard.send_failure()
+                continue
+            shard.send(skipped, probs)
+        if error is not None:
+            raise error
 
     def predict(
         self, image: np.ndarray, progress: Callable[[int, int], None] | None = None
@@ -569,11 +730,14 @@ def predict_tiff_streamed(
     threshold: float = 0.5,
     prob_path: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    shard: BandShards | None = None,
 ) -> tuple[int, int]:
     """Predict a TIFF band by band; write a tiled zlib TIFF mask (0/255), tile by tile.
 
     With ``prob_path`` a second TIFF holds uint8 probabilities (0..255). Returns the
     image's ``(H, W)``. Memory stays bounded by a few bands of the image width.
+    With ``shard`` (rank 0 under torchrun) the other ranks compute their groups of bands
+    (:meth:`SlidingWindowPredictor.serve_rows`) and this rank blends and writes.
     """
     with TiffBandReader(source) as reader:
         shape = reader.shape
@@ -582,7 +746,7 @@ def predict_tiff_streamed(
         def mask_tiles() -> Iterator[np.ndarray]:
             tiler = _RowTiler(shape[1])
             prob_tiler = _RowTiler(shape[1]) if sink is not None else None
-            for _, probs in predictor.predict_rows(reader, progress):
+            for _, probs in predictor.predict_rows(reader, progress, shard):
                 if sink is not None and prob_tiler is not None:
                     for tile in prob_tiler.push(np.rint(probs * 255.0).astype(np.uint8)):
                         sink.put(tile)
@@ -729,11 +893,54 @@ def predict_paths(
     :meth:`PredictReport.raise_for_failures` afterwards. ``progress(path, done, total)``
     is called after each row of windows.
     """
-    from .data.io import read_image, write_image
-    from .engine.checkpoint import load_model
+    from .engine import distributed
 
     files = collect_inputs(inputs)
-    dev = resolve_device(device)
+    dev = distributed.local_device(resolve_device(device))
+    with distributed.session(dev):
+        report = _predict_files(
+            files, model, Path(out), dev, tile=tile, overlap=overlap, batch_size=batch_size,
+            threshold=threshold, probabilities=probabilities, overlay=overlay,
+            normalize=normalize, reference=reference, tta=tta, amp=amp, overwrite=overwrite,
+            min_tissue=min_tissue, stream_min_pixels=stream_min_pixels, progress=progress,
+        )  # fmt: skip
+        if distributed.is_active():  # every rank returns the whole job's report
+            report = _merge_reports(distributed.all_gather_objects(report), files)
+    return report
+
+
+def _predict_files(
+    files: list[Path],
+    model: str | Path,
+    out: Path,
+    dev: torch.device,
+    *,
+    tile: int | None,
+    overlap: int | None,
+    batch_size: int,
+    threshold: float | None,
+    probabilities: bool,
+    overlay: bool,
+    normalize: str | None,
+    reference: str | Path | None,
+    tta: bool,
+    amp: str,
+    overwrite: bool,
+    min_tissue: float,
+    stream_min_pixels: int,
+    progress: Callable[[Path, int, int], None] | None,
+) -> PredictReport:
+    """The loop of :func:`predict_paths`, for this rank's share under torchrun.
+
+    Files below ``stream_min_pixels`` go to rank ``index % world``; a streamed slide is
+    shared by every rank (:class:`BandShards`) and written by rank 0. In one process
+    (world 1) every file is this process's, as before.
+    """
+    from .data.io import image_shape, read_image, write_image
+    from .engine import distributed
+    from .engine.checkpoint import load_model
+
+    world, rank = distributed.world_size(), distributed.rank() if distributed.is_active() else 0
     net, meta = load_model(model, device=dev)
     tile = int(tile or meta.get("image_size") or 256)
     if threshold is None:
@@ -745,16 +952,32 @@ def predict_paths(
         net, tile, overlap, batch_size=batch_size, device=dev, amp=amp, tta=tta,
         normalizer=normalizer, min_tissue=min_tissue,
     )  # fmt: skip
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = PredictReport()
-    for path in files:
+    for index, path in enumerate(files):
         suffix = ".tif" if _is_tiff(path) else ".png"
         mask_path = out / f"{path.stem}{suffix}"
         prob_path = out / "probabilities" / f"{path.stem}{suffix}" if probabilities else None
         wanted = [mask_path] + ([prob_path] if prob_path else [])
-        if not overwrite and all(p.exists() for p in wanted):
-            report.existing.append(mask_path)
+        # The header decides streaming on every rank alike; an unreadable header is
+        # raised below by the rank that owns the file, as in one process.
+        shape: tuple[int, int] | None = None
+        shape_error: Exception | None = None
+        if _is_tiff(path):
+            try:
+                shape = image_shape(path)
+            except Exception as exc:
+                shape_error = exc
+        streamed = shape is not None and shape[0] * shape[1] >= stream_min_pixels
+        shared = world > 1 and streamed
+        if world > 1 and not shared and index % world != rank:
+            continue  # another rank's file
+        done_already = not overwrite and all(p.exists() for p in wanted)
+        if shared:  # rank 0 decides for everyone: only it writes this file
+            done_already = distributed.broadcast_object(done_already)
+        if done_already:
+            if rank == 0 or not shared:
+                report.existing.append(mask_path)
             continue
 
         def step(done: int, total: int, path: Path = path) -> None:
@@ -763,16 +986,23 @@ def predict_paths(
 
         before_total, before_skipped = predictor.stats.tiles_total, predictor.stats.tiles_skipped
         try:
-            streamed = False
-            if _is_tiff(path):
-                from .data.io import image_shape
-
-                h, w = image_shape(path)
-                streamed = h * w >= stream_min_pixels
+            if shape_error is not None:
+                raise shape_error
+            if shared and rank != 0:
+                assert shape is not None
+                _serve_streamed(predictor, path, shape, BandShards(rank, world, dev))
+                continue
             if streamed:
                 if prob_path is not None:
                     prob_path.parent.mkdir(parents=True, exist_ok=True)
-                predict_tiff_streamed(predictor, path, mask_path, threshold, prob_path, step)
+                shard = BandShards(rank, world, dev) if shared else None
+                try:
+                    predict_tiff_streamed(predictor, path, mask_path, threshold, prob_path,
+                                          step, shard)
+                except Exception:
+                    if shard is not None and shape is not None:  # e.g. it did not open here
+                        shard.drain(predictor.group_sizes(shape), predictor.tile)
+                    raise
                 if overlay:
                     report.notes.append(f"{path.name}: no overlay for a streamed slide")
             else:
@@ -794,3 +1024,41 @@ def predict_paths(
             report.tiles_total += predictor.stats.tiles_total - before_total
             report.tiles_skipped += predictor.stats.tiles_skipped - before_skipped
     return report
+
+
+def _serve_streamed(predictor: SlidingWindowPredictor, path: Path, shape: tuple[int, int],
+                    shard: BandShards) -> None:
+    """A non-zero rank's part of a shared slide: compute its bands, send them to rank 0."""
+    try:
+        reader = TiffBandReader(path)
+    except Exception:
+        with contextlib.suppress(RuntimeError):  # answer every group "failed"
+            predictor.serve_rows(None, shape, shard)
+        raise  # the open error itself is this rank's reason
+    with reader:
+        predictor.serve_rows(reader, reader.shape, shard)
+
+
+def _merge_reports(parts: list[PredictReport], files: list[Path]) -> PredictReport:
+    """One report from every rank's, in input order (stems are unique, see collect_inputs).
+
+    A shared slide that failed on a non-zero rank is listed once, with that rank's own
+    reason rather than rank 0's "rank N could not predict" relay.
+    """
+    order = {f.stem: i for i, f in enumerate(files)}
+
+    def key(p: Path) -> int:
+        return order.get(Path(p).stem, len(order))
+
+    merged = PredictReport()
+    merged.written = sorted({p for r in parts for p in r.written}, key=key)
+    merged.existing = sorted({p for r in parts for p in r.existing}, key=key)
+    failed: dict[Path, str] = {}
+    for r in reversed(parts):
+        for p, why in r.failed:
+            failed.setdefault(p, why)
+    merged.failed = sorted(failed.items(), key=lambda item: key(item[0]))
+    merged.tiles_total = sum(r.tiles_total for r in parts)
+    merged.tiles_skipped = sum(r.tiles_skipped for r in parts)
+    merged.notes = [n for r in parts for n in r.notes]
+    return merged

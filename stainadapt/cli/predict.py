@@ -56,15 +56,17 @@ def predict(
     """Predict masks: PNG for PNG/JPEG inputs, tiled TIFF for TIFF (large slides streamed)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from ..engine import distributed
     from ..inference import predict_paths
 
+    main = distributed.is_main()  # under torchrun, rank 0 alone shows progress and reports
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=not is_tty(),
+        disable=not (is_tty() and main),
     ) as bar:
         task = bar.add_task("predict", total=None)
 
@@ -92,6 +94,10 @@ def predict(
                 progress=progress,
             )
         )
+    if not main:  # every rank holds the whole job's report: exit with rank 0's status
+        if report.failed:
+            raise typer.Exit(1)
+        return
     console.print(f"wrote {len(report.written)} mask(s) to {out}", highlight=False)
     if report.existing:
         console.print(

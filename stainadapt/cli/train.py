@@ -43,10 +43,11 @@ def train(
     adv_epochs: Annotated[int | None, typer.Option(
         help="Adversarial epochs (paper 100).", rich_help_panel=_SCHED)] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(
-        help="Steps per epoch (0: source train images / batch size).",
+        help="Optimiser steps per epoch (0: source train images / (batch size x processes)).",
         rich_help_panel=_SCHED)] = None,
     batch_size: Annotated[int | None, typer.Option(
-        help="Batch size per domain (paper 4).", rich_help_panel=_OPT)] = None,
+        help="Batch size per domain and per process (paper 4); under torchrun with N "
+        "processes the global batch is N x this.", rich_help_panel=_OPT)] = None,
     lr: Annotated[float | None, typer.Option(
         help="G's Adam learning rate (paper 1e-3).", rich_help_panel=_OPT)] = None,
     disc_lr: Annotated[float | None, typer.Option(
@@ -61,6 +62,10 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     amp: Annotated[str | None, typer.Option(
         help="Mixed precision: auto (bf16 on CUDA), bf16 or off.")] = None,
+    sync_bn: Annotated[bool | None, typer.Option(
+        "--sync-bn/--no-sync-bn", help="Under torchrun: BatchNorm statistics over every "
+        "process's batch (SyncBatchNorm, CUDA only; no effect in one process).",
+        rich_help_panel=_OPT)] = None,
     workers: Annotated[int | None, typer.Option(
         help="Data-loading worker processes.", rich_help_panel=_DATA)] = None,
     select: Annotated[str | None, typer.Option(
@@ -80,9 +85,13 @@ def train(
     samples: Annotated[int | None, typer.Option(
         help="Overlay pictures per domain written to samples/.")] = None,
 ) -> None:
-    """Train G (and the discriminators): source-only, supervised DA or unsupervised DA."""
+    """Train G (and the discriminators): source-only, supervised DA or unsupervised DA.
+
+    Several GPUs or nodes: start it with torchrun (torchrun --nproc-per-node N -m
+    stainadapt train ...); rank 0 writes the run folder.
+    """
     from ..config import resolve_config
-    from ..engine import trainer
+    from ..engine import distributed, trainer
 
     flags = {
         "source": source, "target": target, "mode": mode, "discs": disc or None,
@@ -91,7 +100,8 @@ def train(
         "adv_epochs": adv_epochs, "steps_per_epoch": steps_per_epoch,
         "batch_size": batch_size, "lr": lr, "disc_lr": disc_lr, "dice_weight": dice_weight,
         "image_size": image_size, "val_fraction": val_fraction, "seed": seed,
-        "device": device, "amp": amp, "workers": workers, "select": select,
+        "device": device, "amp": amp, "workers": workers, "sync_bn": sync_bn,
+        "select": select,
         "augment": augment, "stain_jitter": stain_jitter, "normalize": normalize,
         "reference": reference, "threshold": threshold, "samples": samples,
     }
@@ -107,5 +117,7 @@ def train(
         return trainer.train(cfg, console=console, progress=is_tty())
 
     result = run_guarded(go)
+    if not distributed.is_main():
+        return
     console.print(f"run folder: {result.run_dir} (model.safetensors, metrics.jsonl, "
                   "curves.png, samples/)")

@@ -27,6 +27,16 @@ with the same weights as an uninterrupted one. ``state.pt`` is written atomicall
 every epoch boundary; Ctrl-C or SIGTERM stops at once and leaves the last boundary's
 state to ``--resume`` from.
 
+Several processes (``torchrun``, see :mod:`.distributed`): G and every discriminator are
+wrapped in DistributedDataParallel, each network in a wrapper of its own so that the G
+step averages G's gradients only and each D step its discriminator's only (the
+discriminators are called unwrapped, with ``requires_grad`` off, inside the G step).
+Each rank draws a different share of the epoch's crops (DistributedSampler, epoch set);
+``--batch-size`` is per rank. Rank 0 alone writes the run folder and validates; the
+validation result is broadcast so every rank takes the same selection decisions, and
+losses are averaged over ranks. State is saved from the unwrapped modules, so a run
+resumes with any number of ranks.
+
 GPU path: data and augmentation on the device, bf16 autocast (no loss scaling: bf16 has
 fp32's range, and several optimisers share no scaler), channels_last, and no host sync
 inside a step: losses and accuracies accumulate in device tensors read once per epoch,
@@ -39,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import signal
 import threading
@@ -55,6 +66,7 @@ import torch.nn.functional as F
 from ..config import TrainConfig, dumps_toml, load_toml
 from ..device import resolve_device as _resolve_device
 from ..errors import InputError
+from . import distributed
 from .checkpoint import atomic_write_text, normalizer_to_meta, save_model
 from .losses import seg_loss
 from .report import write_curves, write_overlay
@@ -237,10 +249,13 @@ class Trainer:
         from ..registry import create
 
         self.cfg = config.validate()
-        self.console = console
-        self.show_progress = progress
+        self.world = distributed.world_size()
+        self.rank = distributed.rank() if self.world > 1 else 0
+        self.main = self.rank == 0  # only rank 0 writes, prints and shows progress
+        self.console = console if self.main else None
+        self.show_progress = progress and self.main
         self.run_dir = Path(config.out)
-        self.device = resolve_device(config.device)
+        self.device = distributed.local_device(resolve_device(config.device))
         self.amp = _amp_dtype(config.amp, self.device)
         self.channels_last = self.device.type == "cuda"
         self.phases = epoch_phases(config)
@@ -273,7 +288,9 @@ class Trainer:
             raise InputError("--select source needs a source validation split (val_fraction > 0)")
         if cfg.selection == "target" and not any(s.mask is not None for s in self.tgt_val):
             raise InputError("--select target needs a target domain with validation masks")
-        self.steps = cfg.steps_per_epoch or max(1, len(self.src_train) // cfg.batch_size)
+        # One step consumes batch_size crops per domain on every rank.
+        self.steps = cfg.steps_per_epoch or max(
+            1, len(self.src_train) // (cfg.batch_size * self.world))
 
         # ---- networks (seeded so two runs with the same seed start identically)
         _seed_everything(cfg.seed)
@@ -300,6 +317,8 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
             for d in self.discs:
                 d.to(memory_format=torch.channels_last)
+        if cfg.sync_bn and self.world > 1:
+            self._convert_sync_bn()
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g, self.fused = _make_adam(list(self.model.parameters()), cfg.lr, betas,
                                             self.device)
@@ -317,8 +336,26 @@ class Trainer:
         self._datasets: dict[tuple[int, bool], Any] = {}
         if resume_state is not None:
             self._load(resume_state)
+        # DDP wrappers (the modules themselves in one process). self.model and
+        # self.discs stay the plain modules: state, validation and saving use those.
+        self.g = distributed.wrap(self.model, self.device)
+        self.d_ddp = [distributed.wrap(d, self.device) for d in self.discs]
 
     # ------------------------------------------------------------------ setup pieces
+    def _convert_sync_bn(self) -> None:
+        """BatchNorm -> SyncBatchNorm in G and the discriminators (``--sync-bn``).
+
+        Batch statistics then come from the global batch (N x batch_size), which matters
+        when the per-rank batch is small. The state dict keys do not change, so runs
+        stay loadable by a plain model. SyncBatchNorm has CUDA kernels only.
+        """
+        if self.device.type != "cuda":
+            raise InputError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel); "
+                             "drop --sync-bn for a CPU run")
+        convert = torch.nn.SyncBatchNorm.convert_sync_batchnorm
+        self.model = convert(self.model)
+        self.discs = [convert(d) for d in self.discs]
+
     def _build_augment(self) -> Any:
         """Augment (with the stain jitter folded in) or StainJitter alone, on the device."""
         from ..data.augment import Augment, StainJitter
@@ -373,10 +410,20 @@ class Trainer:
         ds = self._datasets.get(key)
         if ds is None:  # one dataset per stream: it keeps the decoded images in memory
             ds = CropDataset(samples, self.cfg.image_size,
-                             length=self.steps * self.cfg.batch_size,
+                             length=self.steps * self.cfg.batch_size * self.world,
                              seed=self.cfg.seed * 10 + stream, with_masks=with_masks)
             self._datasets[key] = ds
         ds.set_epoch(epoch)
+        if self.world > 1:  # each rank a disjoint share of the epoch's crops
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(ds, num_replicas=self.world, rank=self.rank,
+                                         shuffle=True, drop_last=True,
+                                         seed=_epoch_seed(self.cfg.seed, 0, stream))
+            sampler.set_epoch(epoch)
+            return iter(DataLoader(ds, batch_size=self.cfg.batch_size, sampler=sampler,
+                                   drop_last=True, num_workers=self.cfg.workers,
+                                   pin_memory=self.device.type == "cuda"))
         order = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch, stream))
         return iter(DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True,
                                generator=order, drop_last=True,
@@ -414,7 +461,8 @@ class Trainer:
 
     def _opt_step(self, opt: torch.optim.Optimizer, loss: torch.Tensor,
                   acc: dict[str, torch.Tensor]) -> None:
-        bad = (~torch.isfinite(loss.detach())).float()
+        # every rank skips if any rank's loss is non-finite: replicas must stay equal
+        bad = distributed.all_reduce_max((~torch.isfinite(loss.detach())).float())
         acc["skipped"] = acc["skipped"] + bad
         if self.fused:
             opt.found_inf = bad  # fused Adam skips the whole update when found_inf != 0
@@ -440,7 +488,7 @@ class Trainer:
 
         if phase == "disc":  # G frozen: eval mode, no graph
             self.model.eval()
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self._autocast():  # plain module: no gradient to sync
                 logits, feats = self.model(x, return_features=True)
             self.model.train()
         else:
@@ -448,9 +496,9 @@ class Trainer:
                 d.requires_grad_(False)
             with self._autocast():
                 if phase == "adv":
-                    logits, feats = self.model(x, return_features=True)
+                    logits, feats = self.g(x, return_features=True)
                 else:
-                    logits, feats = self.model(x), {}
+                    logits, feats = self.g(x), {}
                 l_seg = seg_loss(logits[:b], ys, cfg.dice_weight)
                 if use_t and self.tgt_labelled:
                     l_seg = l_seg + seg_loss(logits[b:], yt, cfg.dice_weight)
@@ -458,6 +506,7 @@ class Trainer:
                 if phase == "adv":
                     probs = torch.sigmoid(logits.float())
                     real = self._real_masks(ys, yt)
+                    # plain discriminators (frozen): DDP would wait for their gradients
                     for name, disc in zip(self.disc_names, self.discs, strict=True):
                         if disc.kind == "shape":
                             # mixed batch [real; predicted] as in the D step, so the
@@ -488,7 +537,8 @@ class Trainer:
         feats_d = {k: v.detach() for k, v in feats.items()}
         probs_d = torch.sigmoid(logits.detach().float())
         n_t = x.shape[0] - b
-        for name, disc, opt in zip(self.disc_names, self.discs, self.opt_d, strict=True):
+        for name, disc, ddp_disc, opt in zip(self.disc_names, self.discs, self.d_ddp,
+                                             self.opt_d, strict=True):
             with self._autocast():
                 if disc.kind == "shape":
                     real = self._real_masks(ys, yt)
@@ -499,7 +549,7 @@ class Trainer:
                     inputs = {**feats_d, "mask": probs_d}
                     labels = torch.cat([torch.ones(b, device=x.device),
                                         torch.zeros(n_t, device=x.device)])
-                out = disc(inputs)
+                out = ddp_disc(inputs)  # its own DDP wrapper: averages this D's grads
                 d_loss = torch.zeros((), device=x.device)
                 for head, logit in out.items():
                     term = F.binary_cross_entropy_with_logits(logit.float(), labels)
@@ -556,7 +606,8 @@ class Trainer:
         atomic_write_text(self.run_dir / METRICS_FILE, text)
 
     def _epoch(self, epoch: int, phase: str, progress: Any, task: Any) -> dict[str, Any]:
-        _seed_everything(_epoch_seed(self.cfg.seed, epoch, 99))
+        # + rank: ranks draw different augmentations (rank 0 keeps the one-process seed)
+        _seed_everything(_epoch_seed(self.cfg.seed, epoch, 99) + self.rank)
         self.model.train()
         for d in self.discs:
             d.train()
@@ -581,14 +632,13 @@ class Trainer:
                     progress.update(task, advance=1, loss=desc)
                 else:
                     progress.update(task, advance=1)
-        keys = list(acc)
-        values = torch.stack([acc[k].float() for k in keys]).tolist()  # one sync per epoch
-        sums = dict(zip(keys, values, strict=True))
+        sums = distributed.all_reduce_mean(acc)  # one sync per epoch; mean over ranks
         skipped = int(round(sums.pop("skipped")))
         losses = {k: v / self.steps for k, v in sums.items() if not k.startswith("acc_")}
         disc_acc = {k[4:]: v / self.steps for k, v in sums.items() if k.startswith("acc_")}
         train_seconds = time.perf_counter() - start
-        val = self.validate()
+        # rank 0 validates; every rank gets its result so all select the same epoch
+        val = distributed.broadcast_object(self.validate() if self.main else None)
         return {
             "epoch": epoch,
             "phase": phase,
@@ -603,10 +653,11 @@ class Trainer:
 
     def fit(self, max_epochs: int | None = None) -> TrainResult:
         """Train from ``self.epoch`` to the end (or ``max_epochs`` more epochs)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / CONFIG_FILE, dumps_toml(self.cfg))
-        if self.epoch == 0:
-            save_state(self.run_dir / STATE_FILE, self._state())
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / CONFIG_FILE, dumps_toml(self.cfg))
+            if self.epoch == 0:
+                save_state(self.run_dir / STATE_FILE, self._state())
         start = time.perf_counter()
         end = len(self.phases) if max_epochs is None else min(len(self.phases),
                                                               self.epoch + max_epochs)
@@ -630,13 +681,15 @@ class Trainer:
                             self.best_epoch = epoch
                             self.best_record = record
                             selected = True
-                            save_model(self.run_dir, self.model, self._meta())
+                            if self.main:
+                                save_model(self.run_dir, self.model, self._meta())
                     record["selected"] = selected
                     self.records.append(record)
                     self.epoch = epoch + 1
-                    self._write_metrics()
-                    save_state(self.run_dir / STATE_FILE, self._state())
-                    write_curves(self.run_dir / "curves.png", self.records)
+                    if self.main:
+                        self._write_metrics()
+                        save_state(self.run_dir / STATE_FILE, self._state())
+                        write_curves(self.run_dir / "curves.png", self.records)
                     if progress is not None and task is not None:
                         progress.update(task, description=progress.tasks[-1].description
                                         + _val_text(record["val"]))
@@ -649,10 +702,12 @@ class Trainer:
                     f"{self.run_dir / STATE_FILE}; continue with "
                     f"stainadapt train --resume {self.run_dir}", style="yellow")
             raise KeyboardInterrupt
-        if self.epoch >= len(self.phases):
+        if self.epoch >= len(self.phases) and self.main:
             if self.best_epoch is None:  # no epoch of the last phase ran (0 epochs)
                 save_model(self.run_dir, self.model, self._meta())
             self._write_samples()
+        if os.environ.get(distributed.CHECKSUM_ENV):
+            self._write_checksum()
         result = TrainResult(
             run_dir=self.run_dir, epochs=self.epoch, best_epoch=self.best_epoch,
             best=self.best_record, records=self.records,
@@ -662,6 +717,16 @@ class Trainer:
         if self.console is not None:
             self.console.print(summary_table(result, self.cfg, self.oracle))
         return result
+
+    def _write_checksum(self) -> None:
+        """Debug (``STAINADAPT_DDP_CHECKSUM=1``): ``rank{r}.checksum`` of G + D parameters.
+
+        The one file a non-zero rank writes: it lets a test check that data-parallel
+        training kept every replica bit-identical.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        digest = distributed.parameter_digest([self.model, *self.discs])
+        atomic_write_text(self.run_dir / f"rank{self.rank}.checksum", digest)
 
     def _progress(self) -> Any:
         if not self.show_progress:
@@ -784,9 +849,11 @@ def train(config: TrainConfig, console: Any = None, progress: bool = False,
           max_epochs: int | None = None) -> TrainResult:
     """Train a fresh run into ``config.out`` (refuses a folder that already has a run)."""
     out = Path(config.out)
-    if (out / STATE_FILE).exists() or (out / METRICS_FILE).exists():
-        raise InputError(f"{out}: already holds a run; use --resume {out} or another --out")
-    return Trainer(config, console=console, progress=progress).fit(max_epochs=max_epochs)
+    with distributed.session(resolve_device(config.device)):
+        if (out / STATE_FILE).exists() or (out / METRICS_FILE).exists():
+            raise InputError(f"{out}: already holds a run; use --resume {out} or another --out")
+        distributed.barrier()  # every rank has checked before rank 0 writes anything
+        return Trainer(config, console=console, progress=progress).fit(max_epochs=max_epochs)
 
 
 def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, console: Any = None,
@@ -804,6 +871,10 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, console
     values.update(given)
     values["out"] = str(run)
     config = TrainConfig(**values).validate()
-    state = load_state(run / STATE_FILE)
-    trainer = Trainer(config, console=console, progress=progress, resume_state=state)
-    return trainer.fit(max_epochs=max_epochs)
+    with distributed.session(resolve_device(config.device)):
+        # Every rank reads state.pt (several nodes need the run folder on a shared
+        # filesystem); rank 0 cannot rewrite it before the others have read it, since
+        # finishing an epoch takes collectives with every rank.
+        state = load_state(run / STATE_FILE)
+        trainer = Trainer(config, console=console, progress=progress, resume_state=state)
+        return trainer.fit(max_epochs=max_epochs)
