@@ -13,6 +13,16 @@ Conventions (a mask is a boolean array; TP/FP/FN/TN are pixel counts):
 * **Aggregates**: ``mean`` and ``std`` over images (population std, ``ddof=0``; 0 for one
   image), and ``pooled``: the counts of all images summed, then the metrics computed once
   (large images weigh more).
+
+Object level (``evaluate --instances``, the detection figures of the glomerulus
+literature): both masks become instances (:func:`stainadapt.objects.label_instances`,
+the same split of touching glomeruli for prediction and ground truth); a predicted
+object matches a true one when their IoU exceeds ``iou`` (0.5: then a match is
+necessarily one-to-one; lower thresholds match greedily, highest IoU first). Matched
+pairs are TP, unmatched predictions FP, unmatched true objects FN;
+``obj_precision = TP / (TP + FP)``, ``obj_recall = TP / (TP + FN)``,
+``obj_f1 = 2 TP / (2 TP + FP + FN)``, with the same empty conventions as above
+(no objects on either side: all 1). ``pooled`` sums the object counts of all images.
 """
 
 from __future__ import annotations
@@ -28,6 +38,9 @@ from .errors import InputError
 
 __all__ = [
     "METRICS",
+    "OBJECT_METRICS",
+    "match_objects",
+    "object_metrics_from_counts",
     "EvaluationReport",
     "aggregate",
     "confusion",
@@ -38,6 +51,7 @@ __all__ = [
 ]
 
 METRICS = ("dice", "iou", "accuracy", "precision", "recall")
+OBJECT_METRICS = ("obj_precision", "obj_recall", "obj_f1")
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
@@ -71,14 +85,68 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float
     return metrics_from_counts(confusion(pred, truth))
 
 
+def match_objects(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> dict[str, int]:
+    """Object counts ``{"obj_tp", "obj_fp", "obj_fn"}`` of two instance label images.
+
+    Labels are integers, 0 background. A pair matches when its IoU is above ``iou``;
+    each object matches at most once (highest IoU first).
+    """
+    pred = np.asarray(pred)
+    truth = np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise InputError(f"mask shapes differ: prediction {pred.shape}, ground truth {truth.shape}")
+    p_ids, p_area = np.unique(pred[pred > 0], return_counts=True)
+    t_ids, t_area = np.unique(truth[truth > 0], return_counts=True)
+    both = (pred > 0) & (truth > 0)
+    tp = 0
+    if both.any() and p_ids.size and t_ids.size:
+        pairs, inter = np.unique(
+            np.stack([truth[both].astype(np.int64), pred[both].astype(np.int64)]),
+            axis=1,
+            return_counts=True,
+        )
+        ta = t_area[np.searchsorted(t_ids, pairs[0])]
+        pa = p_area[np.searchsorted(p_ids, pairs[1])]
+        ious = inter / (ta + pa - inter)
+        used_t: set[int] = set()
+        used_p: set[int] = set()
+        for k in np.argsort(-ious, kind="stable"):
+            if ious[k] <= iou:
+                break
+            t, p = int(pairs[0, k]), int(pairs[1, k])
+            if t not in used_t and p not in used_p:
+                used_t.add(t)
+                used_p.add(p)
+                tp += 1
+    return {"obj_tp": tp, "obj_fp": int(p_ids.size) - tp, "obj_fn": int(t_ids.size) - tp}
+
+
+def object_metrics_from_counts(counts: dict[str, int]) -> dict[str, float]:
+    """Object precision, recall and F1 of ``match_objects`` counts (module docstring)."""
+    tp, fp, fn = counts["obj_tp"], counts["obj_fp"], counts["obj_fn"]
+    return {
+        "obj_precision": tp / (tp + fp) if tp + fp else (1.0 if fn == 0 else 0.0),
+        "obj_recall": tp / (tp + fn) if tp + fn else (1.0 if fp == 0 else 0.0),
+        "obj_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
+    }
+
+
 def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """``{"mean": .., "std": .., "pooled": ..}`` of per-image rows holding metrics and counts."""
+    """``{"mean": .., "std": .., "pooled": ..}`` of per-image rows holding metrics and counts.
+
+    Rows with object counts (``obj_tp`` ...) get the object metrics aggregated too.
+    """
     if not rows:
         raise InputError("nothing to aggregate: no image pairs")
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
-    std = {k: float(np.std([r[k] for r in rows])) for k in METRICS}
+    names = METRICS + (OBJECT_METRICS if all("obj_tp" in r for r in rows) else ())
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in names}
+    std = {k: float(np.std([r[k] for r in rows])) for k in names}
     counts = {k: int(sum(r[k] for r in rows)) for k in ("tp", "fp", "fn", "tn")}
-    return {"mean": mean, "std": std, "pooled": metrics_from_counts(counts)}
+    pooled = metrics_from_counts(counts)
+    if len(names) > len(METRICS):
+        obj = {k: int(sum(r[k] for r in rows)) for k in ("obj_tp", "obj_fp", "obj_fn")}
+        pooled.update(object_metrics_from_counts(obj))
+    return {"mean": mean, "std": std, "pooled": pooled}
 
 
 @dataclass
@@ -97,10 +165,20 @@ class EvaluationReport:
 
 
 def evaluate_pairs(
-    pairs: Sequence[tuple[str, Path, Path]], threshold: float | None = None
+    pairs: Sequence[tuple[str, Path, Path]],
+    threshold: float | None = None,
+    instances: Any = None,
+    iou: float = 0.5,
 ) -> EvaluationReport:
-    """Evaluate ``(name, prediction, ground truth)`` mask files (read with ``read_mask``)."""
+    """Evaluate ``(name, prediction, ground truth)`` mask files (read with ``read_mask``).
+
+    ``instances``: an :class:`stainadapt.objects.InstanceOptions` to add the object-level
+    metrics (IoU above ``iou``), or ``None`` for pixel metrics only.
+    """
     from .data.io import read_mask
+
+    if instances is not None and not 0.0 <= iou < 1.0:
+        raise InputError(f"--iou {iou}: must be at least 0 and below 1")
 
     rows = []
     for name, pred_path, gt_path in pairs:
@@ -112,7 +190,15 @@ def evaluate_pairs(
                 f"ground truth {gt_path} ({truth.shape[0]}x{truth.shape[1]})"
             )
         counts = confusion(pred, truth)
-        rows.append({"name": name, **metrics_from_counts(counts), **counts})
+        row = {"name": name, **metrics_from_counts(counts), **counts}
+        if instances is not None:
+            from .objects import label_instances
+
+            p_lab, t_lab = label_instances(pred, instances), label_instances(truth, instances)
+            obj = match_objects(p_lab, t_lab, iou)
+            row.update(object_metrics_from_counts(obj))
+            row.update(obj, n_pred=int(p_lab.max()), n_truth=int(t_lab.max()))
+        rows.append(row)
     agg = aggregate(rows)
     return EvaluationReport(rows, agg["mean"], agg["std"], agg["pooled"])
 
@@ -134,14 +220,18 @@ def _masks_by_stem(folder: Path) -> dict[str, Path]:
 
 
 def evaluate_folders(
-    pred: str | Path, truth: str | Path, threshold: float | None = None
+    pred: str | Path,
+    truth: str | Path,
+    threshold: float | None = None,
+    instances: Any = None,
+    iou: float = 0.5,
 ) -> EvaluationReport:
     """Pair prediction and ground-truth masks by file stem and evaluate every pair.
 
     Predictions are binarised as ``value > threshold`` when ``threshold`` is given (for
     probability maps), else they must be two-valued masks like the ground truth. Files
     found on one side only are listed in the report (``unmatched_*``); no pair at all is
-    an :class:`InputError`.
+    an :class:`InputError`. ``instances`` and ``iou``: see :func:`evaluate_pairs`.
     """
     preds = _masks_by_stem(Path(pred))
     truths = _masks_by_stem(Path(truth))
@@ -151,7 +241,7 @@ def evaluate_folders(
             f"no prediction in {pred} has a ground-truth mask of the same name in {truth} "
             f"({len(preds)} predictions, {len(truths)} masks)"
         )
-    report = evaluate_pairs([(n, preds[n], truths[n]) for n in names], threshold)
+    report = evaluate_pairs([(n, preds[n], truths[n]) for n in names], threshold, instances, iou)
     report.unmatched_predictions = [preds[n] for n in sorted(set(preds) - set(truths))]
     report.unmatched_truths = [truths[n] for n in sorted(set(truths) - set(preds))]
     return report
