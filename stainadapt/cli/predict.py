@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .common import AmpOpt, DeviceOpt, console, is_tty, run_guarded
 
 app = typer.Typer()
+
+_OBJECTS = "Objects (--instances)"
 
 
 @app.command("predict")
@@ -52,12 +54,88 @@ def predict(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")
     ] = False,
+    instances: Annotated[
+        bool,
+        typer.Option(
+            "--instances",
+            help="Also write NAME.geojson (QuPath), NAME.csv and summary.csv: one object per "
+            "glomerulus (implies --probabilities, for the mean probability).",
+            rich_help_panel=_OBJECTS,
+        ),
+    ] = False,
+    mpp: Annotated[
+        float | None,
+        typer.Option(
+            "--mpp",
+            help="Microns per pixel: areas in um2 and lengths in um (default: pixels).",
+            rich_help_panel=_OBJECTS,
+        ),
+    ] = None,
+    min_area: Annotated[
+        float,
+        typer.Option(
+            "--min-area",
+            help="Drop specks smaller than this (um2 with --mpp, else pixels).",
+            rich_help_panel=_OBJECTS,
+        ),
+    ] = 25.0,
+    fill_holes: Annotated[
+        bool,
+        typer.Option(
+            "--fill-holes/--keep-holes",
+            help="Fill holes inside glomeruli.",
+            rich_help_panel=_OBJECTS,
+        ),
+    ] = True,
+    split: Annotated[
+        bool,
+        typer.Option(
+            "--split/--no-split",
+            help="Split touching glomeruli (distance-transform watershed).",
+            rich_help_panel=_OBJECTS,
+        ),
+    ] = True,
+    split_depth: Annotated[
+        float,
+        typer.Option(
+            "--split-depth",
+            help="Split where the neck is narrower than (1 - this) x the radius (0..1).",
+            rich_help_panel=_OBJECTS,
+        ),
+    ] = 0.15,
+    simplify: Annotated[
+        float,
+        typer.Option(
+            "--simplify",
+            help="Outline simplification tolerance in pixels (0: exact pixel outline).",
+            rich_help_panel=_OBJECTS,
+        ),
+    ] = 1.0,
 ) -> None:
-    """Predict masks: PNG for PNG/JPEG inputs, tiled TIFF for TIFF (large slides streamed)."""
+    """Predict masks: PNG for PNG/JPEG inputs, tiled TIFF for TIFF (large slides streamed).
+
+    With --instances, also one object per glomerulus: GeoJSON polygons QuPath imports,
+    a CSV of measurements per image and summary.csv (see docs/objects.md).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from ..engine import distributed
     from ..inference import predict_paths
+
+    options = None
+    if instances:
+        from ..objects import InstanceOptions
+
+        options = run_guarded(
+            lambda: InstanceOptions(
+                min_area=min_area,
+                mpp=mpp,
+                fill_holes=fill_holes,
+                split=split,
+                split_depth=split_depth,
+                simplify=simplify,
+            )
+        )
 
     main = distributed.is_main()  # under torchrun, rank 0 alone shows progress and reports
     with Progress(
@@ -82,7 +160,7 @@ def predict(
                 overlap=overlap,
                 batch_size=batch_size,
                 threshold=threshold,
-                probabilities=probabilities,
+                probabilities=probabilities or instances,
                 overlay=overlay,
                 normalize=normalize,
                 reference=reference,
@@ -113,4 +191,27 @@ def predict(
         )
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if options is not None:
+        _write_objects(inputs, out, options, overwrite)
     run_guarded(report.raise_for_failures)
+
+
+def _write_objects(inputs: list[Path], out: Path, options: Any, overwrite: bool) -> None:
+    """The --instances step: GeoJSON and CSV from the masks just written."""
+    from ..objects.outputs import write_prediction_objects
+
+    objects = run_guarded(
+        lambda: write_prediction_objects(inputs, out, options, overwrite=overwrite)
+    )
+    console.print(
+        f"wrote objects of {len(objects.written)} image(s) ({objects.objects} glomeruli) "
+        f"as GeoJSON + CSV; summary: {objects.summary}",
+        highlight=False,
+    )
+    if objects.existing:
+        console.print(
+            f"kept objects of {len(objects.existing)} image(s) (--overwrite to redo them)",
+            highlight=False,
+        )
+    for note in objects.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
