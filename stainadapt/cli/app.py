@@ -50,6 +50,7 @@ COMMAND_MODULES = [
     "train",
     "predict",
     "evaluate",
+    "export",
     "normalize",
     "info",
     "plugins",
