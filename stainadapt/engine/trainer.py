@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -65,9 +66,9 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig, dumps_toml, load_toml
 from ..device import resolve_device as _resolve_device
-from ..errors import InputError
+from ..errors import InputError, RunFailure
 from . import distributed
-from .checkpoint import atomic_write_text, normalizer_to_meta, save_model
+from .checkpoint import atomic_write_text, non_finite, normalizer_to_meta, save_model
 from .losses import seg_loss
 from .report import write_curves, write_overlay
 from .schedule import epoch_phases
@@ -86,6 +87,7 @@ __all__ = [
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
+logger = logging.getLogger(__name__)
 # Fields that define the networks: a resumed run may not change them.
 FROZEN_ON_RESUME = ("mode", "discs", "backbone", "image_size", "source", "target", "normalize")
 
@@ -262,7 +264,8 @@ class Trainer:
         cfg = config
 
         # ---- data (target masks: never in uda training; val only for --select target)
-        src = scan_domain(cfg.source, require_masks=True)
+        # verify: decode every file now, so a bad one is refused before anything is written
+        src = scan_domain(cfg.source, require_masks=True, verify=True)
         self.src_train, self.src_val = split_samples(src, cfg.val_fraction, cfg.seed)
         self.tgt_train: list[Any] = []
         self.tgt_val: list[Any] = []
@@ -270,7 +273,8 @@ class Trainer:
         self.oracle = False
         if cfg.target:
             need = cfg.mode == "sda"
-            tgt = scan_domain(cfg.target, require_masks=need)
+            tgt = scan_domain(cfg.target, require_masks=need, verify=True,
+                              verify_masks=need or cfg.selection == "target")
             train, val = split_samples(tgt, cfg.val_fraction, cfg.seed + 1)
             if cfg.mode == "uda":
                 train = [_unmasked(s) for s in train]
@@ -334,6 +338,12 @@ class Trainer:
         self.records: list[dict[str, Any]] = []
         self._val_cache: dict[str, list] = {}
         self._datasets: dict[tuple[int, bool], Any] = {}
+        # divergence guard (see _diverged): rollbacks so far, their metrics.jsonl events,
+        # and per-optimiser runs of consecutive skipped updates kept on the device
+        self.rollbacks = 0
+        self.events: list[dict[str, Any]] = []
+        self._bad_run: dict[int, torch.Tensor] = {}
+        self._bad_max: torch.Tensor | None = None
         if resume_state is not None:
             self._load(resume_state)
         # DDP wrappers (the modules themselves in one process). self.model and
@@ -378,6 +388,7 @@ class Trainer:
             "best_epoch": -1 if self.best_epoch is None else self.best_epoch,
             "rng": rng_state(),
             "disc_specs": list(self.cfg.discs),
+            "rollbacks": self.rollbacks,
         }
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -393,10 +404,13 @@ class Trainer:
         self.best_score = float(state["best_score"])
         self.best_epoch = None if state["best_epoch"] < 0 else int(state["best_epoch"])
         set_rng_state(state["rng"])
+        self.rollbacks = int(state.get("rollbacks", 0))
         path = self.run_dir / METRICS_FILE
         if path.is_file():
-            lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            self.records = [json.loads(ln) for ln in lines[: self.epoch]]
+            rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines()
+                    if ln.strip()]
+            self.records = [r for r in rows if "event" not in r][: self.epoch]
+            self.events = [r for r in rows if "event" in r and r["epoch"] <= self.epoch]
         if self.best_epoch is not None and self.best_epoch < len(self.records):
             self.best_record = self.records[self.best_epoch]
 
@@ -464,12 +478,23 @@ class Trainer:
         # every rank skips if any rank's loss is non-finite: replicas must stay equal
         bad = distributed.all_reduce_max((~torch.isfinite(loss.detach())).float())
         acc["skipped"] = acc["skipped"] + bad
+        self._count_bad(opt, bad)
         if self.fused:
             opt.found_inf = bad  # fused Adam skips the whole update when found_inf != 0
             opt.step()
             opt.found_inf = None
         elif bad.item() == 0:  # pragma: no cover - only without fused Adam
             opt.step()
+
+    def _count_bad(self, opt: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+        """Track consecutive skipped updates of ``opt`` on the device (no host sync).
+
+        The run grows by one per skipped update and drops to 0 at a finite one; it carries
+        over epoch boundaries. ``_bad_max`` is the longest run seen since the last check.
+        """
+        run = (self._bad_run.get(id(opt), 0) + bad) * bad
+        self._bad_run[id(opt)] = run
+        self._bad_max = run if self._bad_max is None else torch.maximum(self._bad_max, run)
 
     def _add(self, acc: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
         value = value.detach().float()
@@ -602,8 +627,83 @@ class Trainer:
         }
 
     def _write_metrics(self) -> None:
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records)
+        """One line per epoch; a rollback event goes just before the epoch it retried."""
+        rows: list[dict[str, Any]] = []
+        events = sorted(self.events, key=lambda e: e["epoch"])
+        for record in self.records:
+            while events and events[0]["epoch"] <= record["epoch"]:
+                rows.append(events.pop(0))
+            rows.append(record)
+        rows.extend(events)
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
         atomic_write_text(self.run_dir / METRICS_FILE, text)
+
+    # ------------------------------------------------------------------ divergence
+    def _diverged(self, epoch: int, record: dict[str, Any]) -> bool:
+        """Check the epoch just trained; roll back and return True if it diverged.
+
+        Two signs, read once per epoch: one optimiser skipped ``divergence_steps``
+        consecutive updates (non-finite loss; the run may span epochs), or a weight or
+        BatchNorm statistic of G or a discriminator is no longer finite (a finite loss can
+        still give an infinite gradient, and a skipped step still updates BatchNorm's
+        running statistics). Nothing of the diverged epoch is written.
+        """
+        streak = 0 if self._bad_max is None else int(self._bad_max.item())
+        self._bad_max = None
+        if streak:
+            record["max_skip_run"] = streak
+        bad = non_finite([self.model.state_dict(), *(d.state_dict() for d in self.discs)])
+        k = self.cfg.divergence_steps
+        if bad:
+            reason = f"non-finite weights ({bad[0]}{' ...' if len(bad) > 1 else ''})"
+        elif k and streak >= k:
+            reason = f"{streak} consecutive non-finite losses (steps skipped)"
+        else:
+            return False
+        if not k:
+            raise RunFailure(f"training diverged in epoch {epoch + 1}: {reason}; "
+                             "rollback is off (divergence_steps = 0)")
+        self._rollback(epoch, reason)
+        return True
+
+    def _rollback(self, epoch: int, reason: str) -> None:
+        """Reload the last epoch boundary's ``state.pt`` with lower learning rates.
+
+        The state on disk is always the boundary before the epoch now running (it is
+        written after every epoch), so the retried epoch sees the same crops. The lowered
+        rates and the rollback count are saved at once: a resumed run keeps them.
+        """
+        count = self.rollbacks + 1
+        path = self.run_dir / STATE_FILE
+        if count > self.cfg.max_rollbacks:
+            raise RunFailure(
+                f"training diverged in epoch {epoch + 1} ({reason}) after {self.rollbacks} "
+                f"rollback(s) (max_rollbacks = {self.cfg.max_rollbacks}); {path} holds the "
+                f"last good state (epoch {epoch}); try a new run with a lower lr / disc_lr")
+        self._load(load_state(path))
+        self.rollbacks = count
+        factor = self.cfg.rollback_lr_factor
+        for opt in (self.opt_g, *self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = float(group["lr"]) * factor
+        self._bad_run.clear()
+        self._bad_max = None
+        lr = self.opt_g.param_groups[0]["lr"]
+        disc_lr = [o.param_groups[0]["lr"] for o in self.opt_d]
+        self.events.append({"event": "rollback", "epoch": epoch, "to_epoch": self.epoch,
+                            "reason": reason, "rollback": count, "lr": lr,
+                            "disc_lr": disc_lr})
+        message = (f"warning: epoch {epoch + 1} diverged ({reason}); rolled back to the state "
+                   f"after epoch {self.epoch}, learning rates x{factor:g} (G {lr:.3g}"
+                   + (f", D {disc_lr[0]:.3g}" if disc_lr else "")
+                   + f"); rollback {count} of at most {self.cfg.max_rollbacks}")
+        if self.console is not None:
+            self.console.print(message, style="yellow", highlight=False, markup=False)
+        elif self.main:
+            logger.warning(message)
+        if self.main:
+            self._write_metrics()
+            save_state(path, self._state())
 
     def _epoch(self, epoch: int, phase: str, progress: Any, task: Any) -> dict[str, Any]:
         # + rank: ranks draw different augmentations (rank 0 keeps the one-process seed)
@@ -673,6 +773,9 @@ class Trainer:
                         task = progress.add_task(f"epoch {epoch + 1}/{len(self.phases)} {phase}",
                                                  total=self.steps, loss="")
                     record = self._epoch(epoch, phase, progress, task)
+                    if self._diverged(epoch, record):
+                        continue  # rolled back: self.epoch is the last good boundary again
+                    _hold_interrupts(True)  # the epoch's files are written whole, then stop
                     selected = False
                     if phase == last_phase:
                         score = self._score(record["val"])
@@ -690,6 +793,7 @@ class Trainer:
                         self._write_metrics()
                         save_state(self.run_dir / STATE_FILE, self._state())
                         write_curves(self.run_dir / "curves.png", self.records)
+                    _hold_interrupts(False)  # raises KeyboardInterrupt if a signal came
                     if progress is not None and task is not None:
                         progress.update(task, description=progress.tasks[-1].description
                                         + _val_text(record["val"]))
@@ -795,21 +899,51 @@ def _val_text(val: dict[str, dict[str, float]]) -> str:
     return "".join(parts)
 
 
+# While an epoch boundary's files are written, SIGINT/SIGTERM are noted, not raised.
+_HOLD = {"active": False, "on": False, "pending": False}
+
+
+def _hold_interrupts(on: bool) -> None:
+    """Hold back (``True``) or release SIGINT/SIGTERM inside :func:`_sigterm_as_interrupt`.
+
+    A signal in the middle of the checkpoint writes would abandon the epoch's
+    ``state.pt`` (atomic: the previous one stays) after ``metrics.jsonl`` already has
+    the epoch, and the message would name the wrong epoch. Held, the writes finish and
+    the interrupt is raised on release. Without an active guard this does nothing.
+    """
+    if not _HOLD["active"]:
+        return
+    _HOLD["on"] = on
+    if not on and _HOLD["pending"]:
+        _HOLD["pending"] = False
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C while training (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
+    """SIGTERM behaves like Ctrl-C while training (main thread only).
+
+    Both raise KeyboardInterrupt at once, except while :func:`_hold_interrupts` holds
+    them during an epoch boundary's writes.
+    """
+    if threading.current_thread() is not threading.main_thread() or _HOLD["active"]:
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        if _HOLD["on"]:
+            _HOLD["pending"] = True
+            return
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _HOLD.update(active=True, on=False, pending=False)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _HOLD.update(active=False, on=False, pending=False)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def summary_table(result: TrainResult, cfg: TrainConfig, oracle: bool = False) -> Any:
