@@ -287,19 +287,16 @@ def components_of(mask: np.ndarray) -> tuple[np.ndarray, list[Component]]:
     if n == 0:
         return labels, []
     counts = np.bincount(labels.ravel(), minlength=n + 1)
-    flat = labels.ravel()
-    values, index = np.unique(flat, return_index=True)
-    first = np.zeros(n + 1, dtype=np.int64)
-    first[values] = index  # first pixel (raster order) of each label
-    width = mask.shape[1]
     comps = []
     for i, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None:
             continue
-        f = int(first[i])
+        # Seed: the first pixel in raster order (its box's top row holds one).
+        top = labels[sl[0].start, sl[1]]
+        x = sl[1].start + int(np.argmax(top == i))
         comps.append(
             Component(sl[0].start, sl[1].start, sl[0].stop, sl[1].stop,
-                      int(counts[i]), (f // width, f % width))
+                      int(counts[i]), (sl[0].start, x))
         )  # fmt: skip
     return labels, comps
 

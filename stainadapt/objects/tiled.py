@@ -180,9 +180,8 @@ def components_from_tiff(
             rows[:, 6] = first % width
             stats.append(rows)
             uf.add(n)
-        glob = np.where(labels > 0, labels.astype(np.int64) + offset, 0)
         if prev_row is not None and n:
-            top = glob[0]
+            top = np.where(labels[0] > 0, labels[0].astype(np.int64) + offset, 0)
             for shift in (-1, 0, 1):
                 if shift < 0:
                     a, b = prev_row[:shift], top[-shift:]
@@ -195,7 +194,7 @@ def components_from_tiff(
                     pairs = np.unique(np.stack([a[hit], b[hit]], axis=1), axis=0)
                     for p, q in pairs.tolist():
                         uf.union(p, q)
-        prev_row = glob[-1].copy()
+        prev_row = np.where(labels[-1] > 0, labels[-1].astype(np.int64) + offset, 0)
         offset += n
     if not stats:
         return []
