@@ -164,12 +164,11 @@ def register(group: str, name: str, factory: Callable[..., Any]) -> Callable[...
         # now --disc / TrainConfig(discs=["patch:width=16"]) and create() find it
 
     Registering the same name again replaces the earlier registration (re-running a
-    notebook cell); a name an installed package already provides is refused. The
+    notebook cell); a name an installed package already provides is refused, unless it
+    is the very same factory (``module:name``), which is then left to the package. The
     registration lives in this process only: ``stainadapt train`` in another process,
     and resuming the run there, need the plugin registered there too (or packaged).
-    ``STAINADAPT_DISABLE_PLUGINS`` applies as for installed plugins. Returns
-    ``factory``, so it can also be used as ``register("normalizers", "mine", Mine)``
-    right after the class definition.
+    ``STAINADAPT_DISABLE_PLUGINS`` applies as for installed plugins. Returns ``factory``.
     """
     group = _short_group(group)
     if not callable(factory):
@@ -184,6 +183,9 @@ def register(group: str, name: str, factory: Callable[..., Any]) -> Callable[...
     installed = {ep.name: ep for ep in _entry_points(GROUPS[group])}
     if name in installed:
         ep = installed[name]
+        where = f"{getattr(factory, '__module__', '')}:{getattr(factory, '__qualname__', '')}"
+        if ep.value == where:  # the same factory, already installed as a package
+            return factory
         dist = getattr(ep, "dist", None)
         package = dist.metadata["Name"] if dist is not None else "?"
         raise PluginError(

@@ -73,6 +73,17 @@ def test_register_refuses_installed_names_and_bad_input(clean_registry):
             registry.register("discriminators", bad, _create_tiny)
 
 
+def test_register_of_an_installed_factory_is_a_no_op(clean_registry):
+    # a script that registers its plugin keeps working after the plugin is pip-installed
+    from stainadapt.discriminators.shape import create_shape
+
+    assert registry.register("discriminators", "shape", create_shape) is create_shape
+    assert registry._registered == {}
+    row = next(i for i in registry.list_plugins("discriminators", load=False)
+               if i.name == "shape")
+    assert row.package == "stainadapt"
+
+
 def test_register_honours_disable(clean_registry, monkeypatch):
     monkeypatch.setenv("STAINADAPT_DISABLE_PLUGINS", "tiny")
     registry.register("discriminators", "tiny", _create_tiny)
