@@ -1,13 +1,21 @@
 """Fuzzing the image and mask readers: random bytes and truncations of real files.
 
 Every outcome must be an image (the right shape and dtype) or the project's own
-InputError -- never another exception type, and never a hang.
+InputError -- never another exception type, and never a hang (a watchdog alarm turns a
+read that takes more than HANG_SECONDS into a failure).
+
+CI (``.ci/run``: plain ``pytest``) runs a bounded number of examples per test,
+``STAINADAPT_FUZZ_EXAMPLES`` (default 60); raise it for a longer local fuzzing session.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from stainadapt.data.io import read_image, read_mask
+from stainadapt.data.io import check_intact, image_shape, read_image, read_mask
 from stainadapt.errors import InputError
 
+HANG_SECONDS = 20
 FUZZ = settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("STAINADAPT_FUZZ_EXAMPLES", "60")),
     deadline=2000,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -49,10 +58,36 @@ def _valid_files() -> dict[str, bytes]:
 VALID = _valid_files()
 
 
+@contextlib.contextmanager
+def _watchdog(path: Path):
+    """Fail instead of hanging (SIGALRM; main thread on POSIX only, else no guard)."""
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def hung(signum, frame):
+        raise AssertionError(f"{path}: reader still busy after {HANG_SECONDS} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(HANG_SECONDS)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _outcome(path: Path) -> None:
+    for header_check in (image_shape, check_intact):  # the folder scan's cheap checks
+        try:
+            with _watchdog(path):
+                header_check(path)
+        except InputError as exc:
+            assert str(path) in str(exc)
     reader = read_mask if path.name.startswith("mask") else read_image
     try:
-        arr = reader(path)
+        with _watchdog(path):
+            arr = reader(path)
     except InputError as exc:
         assert str(path) in str(exc)
         return
