@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
 from ..errors import StainadaptError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 console = Console(stderr=True)
 stdout = Console()
@@ -52,3 +55,22 @@ def run_guarded(fn: Callable[[], T]) -> T:
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def progress_bar(show: bool = True) -> Progress:
+    """The progress bar of the file commands (synth, predict, normalize), on stderr.
+
+    One place for its columns, so the commands look alike. Hidden when stderr is not a
+    terminal (logs and CI stay clean) or when ``show`` is false (e.g. non-zero ranks).
+    Use as a context manager and ``add_task`` on it.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (is_tty() and show),
+    )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import DeviceOpt, console, is_tty, run_guarded
+from .common import DeviceOpt, console, progress_bar, run_guarded
 
 app = typer.Typer()
 
@@ -31,18 +31,9 @@ def normalize(
     device: DeviceOpt = "auto",
 ) -> None:
     """Normalise stains to a reference (TIFF in, TIFF out; PNG in, PNG out; JPEG -> PNG)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from ..normalizers.apply import normalize_paths
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not is_tty(),
-    ) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("normalize", total=None)
         report = run_guarded(
             lambda: normalize_paths(

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import AmpOpt, DeviceOpt, console, is_tty, run_guarded
+from .common import AmpOpt, DeviceOpt, console, progress_bar, run_guarded
 
 app = typer.Typer()
 
@@ -117,8 +117,6 @@ def predict(
     With --instances, also one object per glomerulus: GeoJSON polygons QuPath imports,
     a CSV of measurements per image and summary.csv (see docs/objects.md).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from ..engine import distributed
     from ..inference import predict_paths
 
@@ -138,14 +136,7 @@ def predict(
         )
 
     main = distributed.is_main()  # under torchrun, rank 0 alone shows progress and reports
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not (is_tty() and main),
-    ) as bar:
+    with progress_bar(show=main) as bar:
         task = bar.add_task("predict", total=None)
 
         def progress(path: Path, done: int, total: int) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import console, is_tty, run_guarded
+from .common import console, progress_bar, run_guarded
 
 app = typer.Typer()
 
@@ -24,19 +24,10 @@ def synth(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:
     """Generate simulated kidney tissue (images + glomerulus masks) in the given stains."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from ..data import synth as synth_mod
 
     stains = stain or ["pasm", "masson"]
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not is_tty(),
-    ) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("synth", total=n * len(stains))
         run_guarded(
             lambda: synth_mod.generate(
