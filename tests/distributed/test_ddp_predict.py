@@ -2,12 +2,16 @@
 
 Two launches: ``torchrun -m stainadapt predict`` on a folder of PNGs and a small TIFF
 (files dealt out to the ranks), and a script calling ``predict_paths`` with a low
-streaming threshold, so one TIFF is shared band by band between the ranks and written
-by rank 0.
+streaming threshold, so each TIFF is shared band by band between the ranks and written
+by rank 0. The first two TIFFs of that script are corrupt, one only in a band rank 1
+owns, one from the first band on (rank 0 fails first, and must drain what rank 1 still
+sends): the failures must reach every rank's report without a hang, and the next slide
+must still come out right (the ranks stay in step).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,7 +66,28 @@ def setup(tmp_path_factory):
     tifffile.imwrite(root / "in" / "small.tif", image(80, 100, seed=9), photometric="rgb")
     tifffile.imwrite(root / "slide.tif", image(300, 230, seed=11), photometric="rgb",
                      tile=(64, 64))
+    corrupt_tile_row(root / "bad.tif", image(300, 230, seed=12), -1)
+    corrupt_tile_row(root / "bad0.tif", image(300, 230, seed=13), 0)
     return root
+
+
+def corrupt_tile_row(path: Path, img: np.ndarray, row: int) -> None:
+    """A zlib-tiled TIFF whose row ``row`` of 64 px tiles won't decode.
+
+    With 64 px windows overlapping by 16 on 300 rows, the last tile row (rows 256..299)
+    is read only by the last group of windows (group 5, rank 1 of 2); the first tile row
+    by groups 0 (rank 0) and 1 (rank 1).
+    """
+    tifffile.imwrite(path, img, photometric="rgb", tile=(64, 64), compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        offsets, counts = page.dataoffsets, page.databytecounts
+    per_row = -(-img.shape[1] // 64)
+    first = (row % (len(offsets) // per_row)) * per_row
+    with open(path, "r+b") as f:
+        for i in range(first, first + per_row):
+            f.seek(offsets[i])
+            f.write(b"\x00garbage" * (counts[i] // 8))
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
@@ -88,10 +113,10 @@ def test_file_sharding_cli_matches_one_process(setup):
 SCRIPT = textwrap.dedent('''
     import json, sys
     from stainadapt.inference import predict_paths
-    report = predict_paths([sys.argv[1]], sys.argv[2], sys.argv[3], device="cpu",
+    report = predict_paths(sys.argv[1].split(","), sys.argv[2], sys.argv[3], device="cpu",
                            stream_min_pixels=0, probabilities=True, batch_size=2)
     print("REPORT", json.dumps({"written": [str(p) for p in report.written],
-                                "failed": [str(p) for p, _ in report.failed],
+                                "failed": [[str(p), why] for p, why in report.failed],
                                 "tiles": report.tiles_total,
                                 "skipped": report.tiles_skipped}))
 ''')
@@ -100,14 +125,19 @@ SCRIPT = textwrap.dedent('''
 def test_one_tiff_shared_by_ranks_matches_one_process(setup):
     root = setup
     (root / "shard.py").write_text(SCRIPT)
-    res = torchrun("shard.py", "slide.tif", "run", "ddp-slide", cwd=root)
+    res = torchrun("shard.py", "bad.tif,bad0.tif,slide.tif", "run", "ddp-slide", cwd=root)
     assert res.returncode == 0, res.stdout + res.stderr
     reports = [ln for ln in res.stdout.splitlines() if ln.startswith("REPORT")]
     assert len(reports) == 2 and reports[0] == reports[1]  # every rank: the whole report
+    report = json.loads(reports[0].removeprefix("REPORT "))
+    assert [p for p, _ in report["failed"]] == ["bad.tif", "bad0.tif"]
+    for _, why in report["failed"]:
+        assert "Error" in why and "rank 1" not in why, why  # the decoder's own reason
     one = predict_paths([root / "slide.tif"], root / "run", root / "one-slide", device="cpu",
                         stream_min_pixels=0, probabilities=True, batch_size=2)
     assert one.tiles_skipped > 0  # the glass band exercises the skip flags
-    assert f'"tiles": {one.tiles_total}, "skipped": {one.tiles_skipped}' in reports[0]
+    assert report["written"] == ["ddp-slide/slide.tif"]
+    assert report["skipped"] >= one.tiles_skipped  # + the bad slide's bands before it failed
     got, want = outputs(root / "ddp-slide"), outputs(root / "one-slide")
     assert sorted(want) == ["probabilities/slide.tif", "slide.tif"]
     assert got == want
