@@ -95,9 +95,9 @@ class TrainConfig:
             raise InputError(f"amp {self.amp!r} is not one of {', '.join(AMPS)}")
         if self.mode == "source-only" and self.discs:
             raise InputError("mode source-only takes no --disc; use --mode uda or sda")
-        if self.mode in ("sda", "uda") and not self.discs:
+        if self.mode == "uda" and not self.discs:  # sda without --disc: joint S + T training
             raise InputError(
-                f"mode {self.mode} needs at least one --disc (e.g. --disc mirrored --disc shape)"
+                "mode uda needs at least one --disc (e.g. --disc mirrored --disc shape)"
             )
         if self.image_size <= 0 or self.image_size % 32:
             raise InputError(f"image_size {self.image_size} must be a positive multiple of 32")

@@ -6,7 +6,8 @@
 * ``adv``   -- alternate one G step on L_full and one step of every discriminator.
 
 ``source-only`` has no discriminators: it trains G on L_seg for ``s0 + adv`` epochs, so
-it gets exactly as many G updates as the adapted runs it is compared with.
+it gets exactly as many G updates as the adapted runs it is compared with. ``sda`` without
+discriminators is the paper's "S + T" row: G on both domains' labels, all epochs ``seg``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ PHASES = ("seg", "disc", "adv")
 
 def epoch_phases(config: TrainConfig) -> list[str]:
     """The phase of every epoch of a run, in order."""
-    if config.mode == "source-only":
+    if config.mode == "source-only" or not config.discs:  # incl. sda as plain S + T training
         return ["seg"] * (config.pretrain_epochs + config.adv_epochs)
     return (
         ["seg"] * config.pretrain_epochs

@@ -37,6 +37,7 @@ def _cfg(tmp_path, domains, **kw):
     [
         ("source-only", []),
         ("sda", ["mirrored", "shape"]),
+        ("sda", []),  # the paper's "S + T": joint training on both domains' labels
         ("uda", ["single:layer=f9,weight=0.05"]),
         ("uda", ["concat"]),
     ],
