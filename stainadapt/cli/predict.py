@@ -99,7 +99,8 @@ def predict(
         float,
         typer.Option(
             "--split-depth",
-            help="Split where the neck is narrower than (1 - this) x the radius (0..1).",
+            help="Split where the distance map dips by this fraction of its peak between "
+            "two centres (0..1; higher splits less).",
             rich_help_panel=_OBJECTS,
         ),
     ] = 0.15,

@@ -13,7 +13,7 @@ from stainadapt.objects import InstanceOptions, label_instances, objects_from_ar
 
 
 def _two_touching(shape=(120, 170)):
-    # Centres 50 px apart, radius 30: a neck of half-width 16.6 (depth 0.45).
+    # Centres 50 px apart, radius 30: D = 1.67 r.
     return disc(shape, 60, 55, 30) | disc(shape, 60, 105, 30)
 
 
@@ -42,6 +42,16 @@ def test_no_split_and_shallow_neck_stay_one():
     # Separate discs are separate even without splitting.
     apart = disc((100, 200), 50, 40, 20) | disc((100, 200), 50, 150, 20)
     assert len(objects_from_arrays(apart, None, InstanceOptions(split=False))) == 2
+
+
+@pytest.mark.parametrize(
+    ("distance", "depth", "n"),
+    [(1.0, 0.15, 1), (1.2, 0.15, 2), (1.0, 0.05, 2), (1.3, 0.25, 1), (1.5, 0.25, 2)],
+)
+def test_split_depth_decides(distance, depth, n):
+    r = 30
+    mask = disc((100, 200), 50, 50, r) | disc((100, 200), 50, 50 + distance * r, r)
+    assert len(objects_from_arrays(mask, None, InstanceOptions(split_depth=depth))) == n
 
 
 def test_specks_removed_in_pixels_or_square_microns():
