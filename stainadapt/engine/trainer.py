@@ -653,6 +653,9 @@ class Trainer:
         if streak:
             record["max_skip_run"] = streak
         bad = non_finite([self.model.state_dict(), *(d.state_dict() for d in self.discs)])
+        # Under torchrun, rank 0's verdict for all: BatchNorm statistics may differ between
+        # ranks (parameters and the skip streak do not), and ranks must roll back together.
+        bad = distributed.broadcast_object(bad)
         k = self.cfg.divergence_steps
         if bad:
             reason = f"non-finite weights ({bad[0]}{' ...' if len(bad) > 1 else ''})"
@@ -681,6 +684,7 @@ class Trainer:
                 f"rollback(s) (max_rollbacks = {self.cfg.max_rollbacks}); {path} holds the "
                 f"last good state (epoch {epoch}); try a new run with a lower lr / disc_lr")
         self._load(load_state(path))
+        distributed.barrier()  # every rank has read state.pt before rank 0 rewrites it below
         self.rollbacks = count
         factor = self.cfg.rollback_lr_factor
         for opt in (self.opt_g, *self.opt_d):
