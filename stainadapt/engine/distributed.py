@@ -66,8 +66,11 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
     """The torchrun launch described by ``env`` (default ``os.environ``), or ``None``.
 
     ``None`` when the variables are absent (a plain ``python -m stainadapt``). torchrun
-    always sets all three; a partial set is a broken launcher, reported as ValueError.
+    always sets all three; a partial set (some cluster operators set ``RANK`` and
+    ``WORLD_SIZE`` for a launcher they expect you to run) is an InputError saying so.
     """
+    from ..errors import InputError
+
     env = os.environ if env is None else env
     keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
     present = [k for k in keys if env.get(k, "") != ""]
@@ -75,10 +78,16 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
         return None
     if len(present) != len(keys):
         missing = ", ".join(k for k in keys if k not in present)
-        raise ValueError(f"torchrun environment incomplete: {missing} not set")
-    launch = Launch(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]))
+        raise InputError(f"{', '.join(present)} set but {missing} not: start several "
+                         "processes with torchrun (torchrun --nproc-per-node N -m stainadapt ...)")
+    try:
+        launch = Launch(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]))
+    except ValueError:
+        raise InputError("RANK, WORLD_SIZE and LOCAL_RANK must be integers "
+                         f"(got {env['RANK']!r}, {env['WORLD_SIZE']!r}, "
+                         f"{env['LOCAL_RANK']!r})") from None
     if not 0 <= launch.rank < launch.world_size:
-        raise ValueError(f"RANK {launch.rank} outside WORLD_SIZE {launch.world_size}")
+        raise InputError(f"RANK {launch.rank} outside WORLD_SIZE {launch.world_size}")
     return launch
 
 
@@ -157,7 +166,10 @@ def rank() -> int:
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    launch = launch_from_env()
+    try:
+        launch = launch_from_env()
+    except Exception:  # a broken environment is reported where the group is opened
+        return 0
     return launch.rank if launch is not None else 0
 
 

@@ -26,10 +26,12 @@ def test_launch_from_env():
     assert distributed.launch_from_env({}) is None
     env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}
     assert distributed.launch_from_env(env) == distributed.Launch(3, 4, 1)
-    with pytest.raises(ValueError, match="LOCAL_RANK"):
+    with pytest.raises(InputError, match="LOCAL_RANK not: start several processes with"):
         distributed.launch_from_env({"RANK": "0", "WORLD_SIZE": "2"})
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(InputError, match="outside"):
         distributed.launch_from_env({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    with pytest.raises(InputError, match="integers"):
+        distributed.launch_from_env({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
 
 
 def test_local_device_takes_the_local_rank_for_cuda_only():
