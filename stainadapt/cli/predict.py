@@ -183,12 +183,13 @@ def predict(
         )
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
-    if options is not None:
-        _write_objects(inputs, out, options, overwrite)
+    objects = _write_objects(inputs, out, options, overwrite) if options is not None else None
     run_guarded(report.raise_for_failures)
+    if objects is not None:
+        run_guarded(objects.raise_for_failures)
 
 
-def _write_objects(inputs: list[Path], out: Path, options: Any, overwrite: bool) -> None:
+def _write_objects(inputs: list[Path], out: Path, options: Any, overwrite: bool) -> Any:
     """The --instances step: GeoJSON and CSV from the masks just written."""
     from ..objects.outputs import write_prediction_objects
 
@@ -207,3 +208,4 @@ def _write_objects(inputs: list[Path], out: Path, options: Any, overwrite: bool)
         )
     for note in objects.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+    return objects

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, RunFailure
 from .instances import GlomerulusObject, InstanceOptions, objects_from_arrays
 from .tiled import objects_from_tiff
 from .writers import read_summary_row, write_csv, write_geojson, write_summary
@@ -34,9 +34,16 @@ class ObjectsReport:
     written: list[Path] = field(default_factory=list)
     existing: list[Path] = field(default_factory=list)
     missing_masks: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
     objects: int = 0
     summary: Path | None = None
     notes: list[str] = field(default_factory=list)
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`RunFailure` listing the masks whose objects could not be written."""
+        if self.failed:
+            lines = "\n".join(f"  {p}: {why}" for p, why in self.failed)
+            raise RunFailure(f"objects of {len(self.failed)} mask(s) not written:\n{lines}")
 
 
 def _read_gray(path: Path) -> np.ndarray:
@@ -73,7 +80,9 @@ def write_prediction_objects(
     """GeoJSON + CSV per predicted image of ``inputs`` in ``out``, and ``summary.csv``.
 
     Existing GeoJSON/CSV newer than their mask are kept unless ``overwrite``. Inputs
-    without a mask (their prediction failed) are listed in ``missing_masks``.
+    without a mask (their prediction failed) are listed in ``missing_masks``; a mask
+    that cannot be read is listed in ``failed`` and the others go on
+    (:meth:`ObjectsReport.raise_for_failures`).
     """
     from ..inference import collect_inputs
 
@@ -104,14 +113,23 @@ def write_prediction_objects(
         if progress is not None:
             progress(path)
         notes: list[str] = []
-        objects = objects_for_mask(
-            mask_path, out / "probabilities" / f"{path.stem}{suffix}", options, notes
-        )
+        try:
+            objects = objects_for_mask(
+                mask_path, out / "probabilities" / f"{path.stem}{suffix}", options, notes
+            )
+            write_geojson(geojson, objects, path.stem, options.mpp, options.class_name)
+            write_csv(table, objects, options.mpp)
+        except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # one bad mask
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            if isinstance(exc, InputError):
+                reason = str(exc).removeprefix(f"{mask_path}: ")
+            report.failed.append((mask_path, reason))
+            csvs.remove(table)
+            continue
         report.notes.extend(f"{path.name}: {n}" for n in notes)
-        write_geojson(geojson, objects, path.stem, options.mpp, options.class_name)
-        write_csv(table, objects, options.mpp)
         report.written.append(geojson)
         report.objects += len(objects)
+    csvs = [c for c in csvs if c.exists()]
     if csvs:
         report.summary = write_summary(out / SUMMARY_NAME, [read_summary_row(c) for c in csvs])
     return report

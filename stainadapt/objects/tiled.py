@@ -48,11 +48,14 @@ class TiffRegionReader:
         import tifffile
 
         self.path = Path(path)
-        self._tif = tifffile.TiffFile(self.path)
         try:
-            page = (
-                self._tif.pages.first if hasattr(self._tif.pages, "first") else self._tif.pages[0]
-            )
+            self._tif = tifffile.TiffFile(self.path)
+        except (OSError, ValueError, IndexError, KeyError) as exc:
+            raise InputError(f"{self.path}: not a readable TIFF ({exc})") from None
+        try:
+            if not len(self._tif.pages):
+                raise InputError(f"{self.path}: no image in the TIFF")
+            page = self._tif.pages[0]
             if int(page.samplesperpixel) != 1 or page.dtype != np.uint8:
                 raise InputError(f"{self.path}: expected a one-channel 8-bit mask TIFF")
             self._page = page

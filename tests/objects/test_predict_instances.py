@@ -105,3 +105,22 @@ def test_objects_of_written_masks_merge_tiles_and_use_microns(tmp_path):
     (src / "summary.png").write_bytes(b"")
     with pytest.raises(InputError, match="summary"):
         write_prediction_objects([src], out, opts)
+
+
+def test_unreadable_mask_is_listed_and_others_go_on(tmp_path):
+    from stainadapt.errors import RunFailure
+
+    out, src = tmp_path / "out", tmp_path / "in"
+    out.mkdir()
+    src.mkdir()
+    write_image(out / "good.png", disc((40, 40), 20, 20, 9))
+    (out / "bad.tif").write_bytes(b"II*\x00not a tiff")
+    for name in ("good.png", "bad.tif", "lost.png"):
+        (src / name).write_bytes(b"")
+    report = write_prediction_objects([src], out, InstanceOptions())
+    assert [p.name for p in report.written] == ["good.geojson"]
+    assert [p.name for p, _ in report.failed] == ["bad.tif"]
+    assert [p.name for p in report.missing_masks] == ["lost.png"]
+    assert [r["image"] for r in _rows(out / "summary.csv")] == ["good"]
+    with pytest.raises(RunFailure, match="bad.tif"):
+        report.raise_for_failures()
