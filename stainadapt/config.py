@@ -57,6 +57,10 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     dice_weight: float = 0.0  # L_seg = BCE + dice_weight * soft Dice loss
+    # decay of an exponential moving average of G's weights and BatchNorm statistics,
+    # updated after every G step; validation, selection and model.safetensors use the
+    # average (0: off, the paper's plain weights). Short runs: 0.95; long ones: 0.999.
+    ema: float = 0.0
     image_size: int = 256
     val_fraction: float = 0.2
     seed: int = 0
@@ -116,6 +120,8 @@ class TrainConfig:
         for name in ("divergence_steps", "max_rollbacks"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.ema) and 0 <= self.ema < 1):
+            raise InputError(f"ema must be in [0, 1) (0: off), got {self.ema}")
         if not (math.isfinite(self.rollback_lr_factor) and 0 < self.rollback_lr_factor <= 1):
             raise InputError(
                 f"rollback_lr_factor must be in (0, 1], got {self.rollback_lr_factor}")

@@ -74,6 +74,10 @@ def train(
     augment: Annotated[bool | None, typer.Option(
         "--augment/--no-augment", help="Geometric/photometric augmentation.",
         rich_help_panel=_DATA)] = None,
+    ema: Annotated[float | None, typer.Option(
+        help="Decay of a moving average of G's weights used for validation, selection and "
+        "the saved model (0: off; 0.95 for short runs, 0.999 for long ones).",
+        rich_help_panel=_OPT)] = None,
     stain_jitter: Annotated[float | None, typer.Option(
         help="Stain jitter strength in OD space (0: off).", rich_help_panel=_DATA)] = None,
     normalize: Annotated[str | None, typer.Option(
@@ -99,6 +103,7 @@ def train(
         "pretrain_epochs": pretrain_epochs, "disc_epochs": disc_epochs,
         "adv_epochs": adv_epochs, "steps_per_epoch": steps_per_epoch,
         "batch_size": batch_size, "lr": lr, "disc_lr": disc_lr, "dice_weight": dice_weight,
+        "ema": ema,
         "image_size": image_size, "val_fraction": val_fraction, "seed": seed,
         "device": device, "amp": amp, "workers": workers, "sync_bn": sync_bn,
         "select": select,

@@ -329,6 +329,15 @@ class Trainer:
         self.opt_d = [_make_adam(list(d.parameters()), cfg.disc_lr, betas, self.device)[0]
                       for d in self.discs]
         self.augment = self._build_augment()
+        # A moving average of G (timm's ModelEmaV3: weights and BatchNorm statistics).
+        # Short adversarial runs swing from epoch to epoch (target Dice 0.0-0.35 between
+        # neighbouring epochs on the synthetic demo); the average is what gets validated,
+        # selected and saved, so one lucky or unlucky snapshot does not decide a run.
+        self.ema: Any = None
+        if cfg.ema > 0:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.ema)
 
         # ---- bookkeeping
         self.epoch = 0
@@ -350,6 +359,11 @@ class Trainer:
         # self.discs stay the plain modules: state, validation and saving use those.
         self.g = distributed.wrap(self.model, self.device)
         self.d_ddp = [distributed.wrap(d, self.device) for d in self.discs]
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is validated, selected and saved: G's moving average if ``ema``, else G."""
+        return self.model if self.ema is None else self.ema.module
 
     # ------------------------------------------------------------------ setup pieces
     def _convert_sync_bn(self) -> None:
@@ -389,12 +403,15 @@ class Trainer:
             "rng": rng_state(),
             "disc_specs": list(self.cfg.discs),
             "rollbacks": self.rollbacks,
+            "ema": None if self.ema is None else self.ema.module.state_dict(),
         }
 
     def _load(self, state: dict[str, Any]) -> None:
         if list(state.get("disc_specs", [])) != list(self.cfg.discs):
             raise InputError("state.pt was written for other discriminators than the config's")
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state.get("ema") or state["model"])
         for d, sd in zip(self.discs, state["discs"], strict=True):
             d.load_state_dict(sd)
         self.opt_g.load_state_dict(state["opt_g"])
@@ -553,6 +570,8 @@ class Trainer:
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
             self._opt_step(self.opt_g, loss, acc)
+            if self.ema is not None:
+                self.ema.update(self.model)
             for d in self.discs:
                 d.requires_grad_(True)
         if phase == "seg":
@@ -598,10 +617,12 @@ class Trainer:
         out: dict[str, dict[str, float]] = {}
         kw = dict(threshold=self.cfg.threshold, normalizer=self.normalizer, amp=self.amp)
         if self.src_val:
-            out["source"] = evaluate_model(self.model, self._val_items("source"), self.device, **kw)
+            out["source"] = evaluate_model(self.eval_model, self._val_items("source"),
+                                           self.device, **kw)
         if any(s.mask is not None for s in self.tgt_val):
             key = "target_oracle" if self.oracle else "target"
-            out[key] = evaluate_model(self.model, self._val_items("target"), self.device, **kw)
+            out[key] = evaluate_model(self.eval_model, self._val_items("target"),
+                                      self.device, **kw)
         return {k: v for k, v in out.items() if v}
 
     def _score(self, val: dict[str, dict[str, float]]) -> float | None:
@@ -652,7 +673,8 @@ class Trainer:
         self._bad_max = None
         if streak:
             record["max_skip_run"] = streak
-        bad = non_finite([self.model.state_dict(), *(d.state_dict() for d in self.discs)])
+        bad = non_finite([self.model.state_dict(), *(d.state_dict() for d in self.discs),
+                          *([self.ema.module.state_dict()] if self.ema is not None else [])])
         # Under torchrun, rank 0's verdict for all: BatchNorm statistics may differ between
         # ranks (parameters and the skip streak do not), and ranks must roll back together.
         bad = distributed.broadcast_object(bad)
@@ -789,7 +811,7 @@ class Trainer:
                             self.best_record = record
                             selected = True
                             if self.main:
-                                save_model(self.run_dir, self.model, self._meta())
+                                save_model(self.run_dir, self.eval_model, self._meta())
                     record["selected"] = selected
                     self.records.append(record)
                     self.epoch = epoch + 1
@@ -812,7 +834,7 @@ class Trainer:
             raise KeyboardInterrupt
         if self.epoch >= len(self.phases) and self.main:
             if self.best_epoch is None:  # no epoch of the last phase ran (0 epochs)
-                save_model(self.run_dir, self.model, self._meta())
+                save_model(self.run_dir, self.eval_model, self._meta())
             self._write_samples()
         if os.environ.get(distributed.CHECKSUM_ENV):
             self._write_checksum()
@@ -860,7 +882,7 @@ class Trainer:
         try:
             model, _ = load_model(self.run_dir, device=self.device)
         except InputError:  # pragma: no cover - model.safetensors always exists here
-            model = self.model
+            model = self.eval_model
         folder = self.run_dir / "samples"
         for which, samples in (("source", self.src_val), ("target", self.tgt_val)):
             chosen = samples[: self.cfg.samples]

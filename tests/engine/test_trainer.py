@@ -84,7 +84,7 @@ def test_uda_target_selection_is_labelled_oracle(tmp_path, domains):
 
 def test_resume_equals_uninterrupted(tmp_path, domains):
     base = dict(mode="uda", discs=["single:layer=f4", "shape"], adv_epochs=2,
-                steps_per_epoch=2, samples=0)
+                steps_per_epoch=2, samples=0, ema=0.9)
     train(_cfg(tmp_path / "a", domains, **base))
     train(_cfg(tmp_path / "b", domains, **base), max_epochs=2)
     assert load_state(tmp_path / "b" / "run" / "state.pt")["epoch"] == 2
@@ -99,6 +99,26 @@ def test_resume_equals_uninterrupted(tmp_path, domains):
             assert torch.equal(value, db[key]), key
     lines = (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
+    for key, value in a["ema"].items():  # the moving average resumes exactly too
+        assert torch.equal(value, b["ema"][key]), key
+
+
+def test_ema_model_is_validated_and_saved(tmp_path, domains):
+    """With ``ema`` the saved model is G's moving average, not G's last weights."""
+    from safetensors.torch import load_file
+
+    cfg = _cfg(tmp_path, domains, mode="source-only", steps_per_epoch=3, samples=0,
+               ema=0.5, select="last")
+    train(cfg)
+    state = load_state(tmp_path / "run" / "state.pt")
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    weights = [k for k in state["model"] if k.endswith("weight") and "bn" not in k]
+    assert any(not torch.equal(state["model"][k], state["ema"][k]) for k in weights)
+    for key, value in state["ema"].items():
+        if key in saved:
+            assert torch.equal(saved[key], value), key
+    with pytest.raises(InputError, match="ema"):
+        TrainConfig(source="s", mode="source-only", ema=1.0).validate()
 
 
 def test_interrupt_keeps_last_epoch_boundary(tmp_path, domains, monkeypatch):
