@@ -131,3 +131,23 @@ def test_shape_pretrained_local_file(tmp_path, net):
     again = registry.create("discriminators", "shape", net.feature_table, pretrained=str(path))
     for key, value in disc.net.state_dict().items():
         assert torch.equal(again.net.state_dict()[key], value)
+
+
+def test_shape_sees_binary_masks_but_passes_gradients(net):
+    """hard (default): soft probabilities are binarised, so softness is no cue to D."""
+    from stainadapt.discriminators.shape import straight_through_binarize
+
+    probs = torch.tensor([0.2, 0.5, 0.51, 0.9], requires_grad=True)
+    hard = straight_through_binarize(probs)
+    assert hard.tolist() == [0.0, 0.0, 1.0, 1.0]
+    hard.sum().backward()
+    assert probs.grad.tolist() == [1.0, 1.0, 1.0, 1.0]  # identity gradient to G
+
+    disc = make("shape", net).eval()
+    soft = torch.full((1, 1, 32, 32), 0.8)
+    soft[..., :16] = 0.3
+    binary = (soft > 0.5).float()
+    assert torch.equal(disc({"mask": soft})["shape"], disc({"mask": binary})["shape"])
+    literal = make("shape:hard=false", net).eval()
+    literal.load_state_dict(disc.state_dict())
+    assert not torch.equal(literal({"mask": soft})["shape"], literal({"mask": binary})["shape"])
