@@ -76,6 +76,7 @@ class Budget:
     lr: float = 3e-4
     disc_lr: float = 1e-4
     dice_weight: float = 1.0
+    ema: float = 0.95  # moving average of G's weights, validated and saved (0: off)
     # Model selection for EVERY run. "source" (or "last") keeps the Masson validation split
     # a clean test set; "target" would select on the very images the table reports.
     select: str = "source"
@@ -342,19 +343,16 @@ def build_config(method: Method, budget: Budget, seed: int, data: Data, run_dir:
         pretrain_epochs=budget.pretrain_epochs, disc_epochs=budget.disc_epochs,
         adv_epochs=budget.adv_epochs, steps_per_epoch=budget.steps_per_epoch,
         batch_size=budget.batch_size, lr=budget.lr, disc_lr=budget.disc_lr,
-        dice_weight=budget.dice_weight, image_size=budget.image_size,
+        dice_weight=budget.dice_weight, ema=budget.ema, image_size=budget.image_size,
         val_fraction=budget.val_fraction, seed=seed, device=device, amp=budget.amp,
         select=budget.select, augment=budget.augment, samples=budget.samples,
     )
     if method.mode == "source-only":
         values["disc_epochs"] = 0  # G gets s0 + adv seg epochs (see engine/schedule.py)
     if method.mode == "sda" and not method.discs:
-        # "From scratch": S and T labels, no discriminator. The config insists on a --disc
-        # in sda, so a weight-0 `single` stands in; with all s0 + adv epochs in the seg
-        # phase it is never even run: G gets exactly the source-only run's updates.
-        values.update(discs=["single:layer=f4,weight=0"],
-                      pretrain_epochs=budget.pretrain_epochs + budget.adv_epochs,
-                      disc_epochs=0, adv_epochs=0)
+        # "From scratch": S and T labels, no discriminator: sda without --disc trains G on
+        # both domains for s0 + adv seg epochs, the source-only run's number of updates.
+        values.update(disc_epochs=0)
     defaults = TrainConfig()
     for key, template in method.extra.items():
         kind = type(getattr(defaults, key))

@@ -33,6 +33,7 @@ __all__ = [
 MODES = ("source-only", "sda", "uda")
 SELECTS = ("last", "source", "target")
 AMPS = ("auto", "bf16", "off")
+ADV_LOSSES = ("minimax", "flip")  # G's adversarial term, see engine/losses.py
 
 
 @dataclass
@@ -57,6 +58,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     dice_weight: float = 0.0  # L_seg = BCE + dice_weight * soft Dice loss
+    # G's adversarial term (engine/losses.py): "minimax" = -alpha * BCE(D, true label), the
+    # paper's Eq. 4 as written; "flip" = alpha * BCE(D, flipped label), non-saturating
+    adv_loss: str = "minimax"
     # decay of an exponential moving average of G's weights and BatchNorm statistics,
     # updated after every G step; validation, selection and model.safetensors use the
     # average (0: off, the paper's plain weights). Short runs: 0.95; long ones: 0.999.
@@ -95,6 +99,9 @@ class TrainConfig:
             raise InputError(f"mode {self.mode} needs a target domain: give --target DIR")
         if self.select is not None and self.select not in SELECTS:
             raise InputError(f"select {self.select!r} is not one of {', '.join(SELECTS)}")
+        if self.adv_loss not in ADV_LOSSES:
+            raise InputError(
+                f"adv_loss {self.adv_loss!r} is not one of {', '.join(ADV_LOSSES)}")
         if self.amp not in AMPS:
             raise InputError(f"amp {self.amp!r} is not one of {', '.join(AMPS)}")
         if self.mode == "source-only" and self.discs:

@@ -74,6 +74,9 @@ def train(
     augment: Annotated[bool | None, typer.Option(
         "--augment/--no-augment", help="Geometric/photometric augmentation.",
         rich_help_panel=_DATA)] = None,
+    adv_loss: Annotated[str | None, typer.Option(
+        help="G's adversarial term: minimax (the paper's -alpha*L_D, default) or flip "
+        "(label flipping).", rich_help_panel=_OPT)] = None,
     ema: Annotated[float | None, typer.Option(
         help="Decay of a moving average of G's weights used for validation, selection and "
         "the saved model (0: off; 0.95 for short runs, 0.999 for long ones).",
@@ -103,7 +106,7 @@ def train(
         "pretrain_epochs": pretrain_epochs, "disc_epochs": disc_epochs,
         "adv_epochs": adv_epochs, "steps_per_epoch": steps_per_epoch,
         "batch_size": batch_size, "lr": lr, "disc_lr": disc_lr, "dice_weight": dice_weight,
-        "ema": ema,
+        "ema": ema, "adv_loss": adv_loss,
         "image_size": image_size, "val_fraction": val_fraction, "seed": seed,
         "device": device, "amp": amp, "workers": workers, "sync_bn": sync_bn,
         "select": select,

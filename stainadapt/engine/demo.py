@@ -44,6 +44,7 @@ class DemoBudget:
     disc_lr: float = 1e-3
     lr: float = 3e-4
     dice_weight: float = 1.0
+    ema: float = 0.95  # both runs validate, select and save G's moving average
     data_n: int | None = None  # None: the default cached data set
     data_size: int | None = None
     seed: int = 0
@@ -115,7 +116,7 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
         image_size=budget.image_size, batch_size=budget.batch_size,
         pretrain_epochs=budget.pretrain_epochs, adv_epochs=budget.adv_epochs,
         steps_per_epoch=budget.steps_per_epoch, lr=budget.lr, device=device, seed=budget.seed,
-        dice_weight=budget.dice_weight,
+        dice_weight=budget.dice_weight, ema=budget.ema,
         select=budget.select,
     )
     runs = {

@@ -8,9 +8,11 @@ One step of the adversarial phase:
 
 1. G runs once on the concatenated batch ``[x_S; x_T]`` and returns logits and the
    feature maps f0..f9.
-2. **G update** on ``L_full = L_seg + sum(alpha * BCE(D(.), flipped label))``: the
-   paper's ``- alpha * L_D`` realised by label flipping (see :mod:`.losses`). The
-   discriminators' parameters have ``requires_grad`` off during this backward pass.
+2. **G update** on ``L_full = L_seg - sum(alpha * BCE(D(.), true label))``: the paper's
+   ``- alpha * L_D`` (``adv_loss = "minimax"``, the default) or its label-flipping form
+   ``+ alpha * BCE(D(.), flipped label)`` (``"flip"``); see :mod:`.losses` for why the
+   default. The discriminators' parameters have ``requires_grad`` off during this
+   backward pass.
 3. **D update**: every discriminator sees G's features *detached* -- source = 1,
    target = 0 -- or, for the shape discriminator, ground-truth masks = 1 (S masks; in sda
    S and T masks) and G's detached probabilities (S and T) = 0. Each discriminator has
@@ -69,7 +71,7 @@ from ..device import resolve_device as _resolve_device
 from ..errors import InputError, RunFailure
 from . import distributed
 from .checkpoint import atomic_write_text, non_finite, normalizer_to_meta, save_model
-from .losses import seg_loss
+from .losses import generator_adv_term, seg_loss
 from .report import write_curves, write_overlay
 from .schedule import epoch_phases
 from .state import STATE_FILE, load_state, rng_state, save_state, set_rng_state
@@ -553,16 +555,16 @@ class Trainer:
                         if disc.kind == "shape":
                             # mixed batch [real; predicted] as in the D step, so the
                             # shape D's BatchNorm sees the same composition; only the
-                            # predictions' logits enter G's loss (flipped label 1)
+                            # predictions' logits enter G's loss (true label 0: predicted)
                             out = disc({"mask": torch.cat([real, probs])})
                             out = {h: v[real.shape[0]:] for h, v in out.items()}
-                            flipped = torch.ones(x.shape[0], device=x.device)
-                        else:  # flipped domain labels: source -> 0, target -> 1
+                            true = torch.zeros(x.shape[0], device=x.device)
+                        else:  # true domain labels: source 1, target 0
                             out = disc({**feats, "mask": probs})  # features and/or output space
-                            flipped = torch.cat([torch.zeros(b, device=x.device),
-                                                 torch.ones(x.shape[0] - b, device=x.device)])
+                            true = torch.cat([torch.ones(b, device=x.device),
+                                              torch.zeros(x.shape[0] - b, device=x.device)])
                         for head, logit in out.items():
-                            term = F.binary_cross_entropy_with_logits(logit.float(), flipped)
+                            term = generator_adv_term(logit, true, cfg.adv_loss)
                             self._add(acc, f"adv_{name}.{head}", term)
                             loss = loss + disc.weights[head] * term
             self._add(acc, "seg", l_seg)

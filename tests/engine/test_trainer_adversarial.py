@@ -8,13 +8,26 @@ and deterministic. The discriminator separates the domains easily when G ignores
 
 from __future__ import annotations
 
+import pytest
+import torch
 from test_trainer_data import make_domain
 
 from stainadapt.config import TrainConfig
+from stainadapt.engine.losses import generator_adv_term
 from stainadapt.engine.trainer import train
 
 
-def test_adversarial_term_lowers_discriminator_accuracy(tmp_path):
+def test_generator_term_falls_as_the_discriminator_errs():
+    true = torch.tensor([1.0, 0.0])
+    right, wrong = torch.tensor([4.0, -4.0]), torch.tensor([-4.0, 4.0])
+    for kind in ("minimax", "flip"):
+        assert generator_adv_term(wrong, true, kind) < generator_adv_term(right, true, kind)
+    with pytest.raises(ValueError, match="adv_loss"):
+        generator_adv_term(right, true, "other")
+
+
+@pytest.mark.parametrize("adv_loss", ["minimax", "flip"])
+def test_adversarial_term_lowers_discriminator_accuracy(tmp_path, adv_loss):
     s = make_domain(tmp_path / "s", "source", n=6, size=64)
     t = make_domain(tmp_path / "t", "target", n=6, size=64)
     stats = {}
@@ -24,6 +37,7 @@ def test_adversarial_term_lowers_discriminator_accuracy(tmp_path):
             discs=[f"single:layer=f4,weight={weight}"], backbone="resnet18", image_size=64,
             batch_size=2, pretrain_epochs=0, disc_epochs=1, adv_epochs=3, steps_per_epoch=6,
             val_fraction=0.0, augment=False, samples=0, device="cpu", seed=0,
+            adv_loss=adv_loss,
         )
         adv = [r for r in train(cfg).records if r["phase"] == "adv"]
         acc = sum(r["disc_acc"]["single.single"] for r in adv) / len(adv)
