@@ -51,12 +51,11 @@ class DemoBudget:
     select: str = "source"  # the same rule for both runs; source labels only
 
 
-# Measured on the synthetic data (seeds 0 and 1, resnet18, 96 px, 10 steps/epoch, both
-# runs selected on the SOURCE validation Dice, 16 G epochs each): source-only reaches
-# PASM Dice 0.95-0.96 and Masson Dice 0.232 / 0.200; UDA with these settings 0.182 /
-# 0.186. UDA does NOT beat source-only at this budget: the domain discriminators stay at
-# 0.8-1.0 accuracy and stronger domain terms (encoder 0.1, shape 0.1, D lr 3e-4, a shorter
-# s0) over-segment Masson. The weak weights below are the least harmful found.
+# Measured (benchmarks/RESULTS.md, "Demo" and the diagnosis after it): with this budget
+# UDA does NOT beat source-only on the synthetic Masson split (session 2: Masson Dice
+# 0.192 vs 0.274, Macenko 0.439). Label flipping collapsed G to all-foreground on Masson;
+# minimax (now the default) and the moving average only make it less bad. The weak
+# weights below are the least harmful found; the CLI says so when UDA loses.
 FULL = DemoBudget(
     lr=3e-4,
     disc_lr=1e-4,
