@@ -154,7 +154,8 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
     except Exception as exc:  # noqa: BLE001 - the baseline is optional; say why it is absent
         if console is not None:
             console.print(f"[yellow]Macenko baseline skipped:[/] {exc}")
-    entries.append((f"UDA ({' + '.join(budget.discs)})", "uda", uda_model, None))
+    names = " + ".join(spec.split(":", 1)[0] for spec in budget.discs)  # specs: run's config
+    entries.append((f"UDA ({names})", "uda", uda_model, None))
     for label, run, model, norm in entries:
         t = evaluate_model(model, t_items, dev, normalizer=norm)
         s = evaluate_model(model, s_items, dev)
