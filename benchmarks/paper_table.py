@@ -894,6 +894,9 @@ def render(out: Path, md_path: Path, png_path: Path | None) -> str:
     invocations = _read_invocations(out)
     png = render_chart(aggregate(results), png_path) if png_path is not None else None
     text = render_markdown(out, results, invocations, png, md_path)
+    notes = md_path.with_name(md_path.stem + "_NOTES.md")
+    if notes.is_file():  # the hand-written reading ("why"), kept across re-renders
+        text = text.rstrip("\n") + "\n\n" + notes.read_text(encoding="utf-8").strip() + "\n"
     md_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(md_path, text)
     return text
