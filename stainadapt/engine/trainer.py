@@ -529,6 +529,13 @@ class Trainer:
         b = xs.shape[0]
         use_t = xt is not None and (phase != "seg" or self.tgt_labelled)
         x = torch.cat([xs, xt]) if use_t else xs
+        if phase != "seg":  # what the discriminators answer, shared by the G and D steps
+            real = self._real_masks(ys, yt)  # the shape D's "real" set
+            dev = x.device
+            domain_labels = torch.cat([torch.ones(b, device=dev),  # source 1, target 0
+                                       torch.zeros(x.shape[0] - b, device=dev)])
+            shape_labels = torch.cat([torch.ones(real.shape[0], device=dev),  # real 1,
+                                      torch.zeros(x.shape[0], device=dev)])  # predicted 0
 
         if phase == "disc":  # G frozen: eval mode, no graph
             self.model.eval()
@@ -549,7 +556,6 @@ class Trainer:
                 loss = l_seg
                 if phase == "adv":
                     probs = torch.sigmoid(logits.float())
-                    real = self._real_masks(ys, yt)
                     # plain discriminators (frozen): DDP would wait for their gradients
                     for name, disc in zip(self.disc_names, self.discs, strict=True):
                         if disc.kind == "shape":
@@ -558,11 +564,10 @@ class Trainer:
                             # predictions' logits enter G's loss (true label 0: predicted)
                             out = disc({"mask": torch.cat([real, probs])})
                             out = {h: v[real.shape[0]:] for h, v in out.items()}
-                            true = torch.zeros(x.shape[0], device=x.device)
-                        else:  # true domain labels: source 1, target 0
+                            true = shape_labels[real.shape[0]:]
+                        else:
                             out = disc({**feats, "mask": probs})  # features and/or output space
-                            true = torch.cat([torch.ones(b, device=x.device),
-                                              torch.zeros(x.shape[0] - b, device=x.device)])
+                            true = domain_labels
                         for head, logit in out.items():
                             term = generator_adv_term(logit, true, cfg.adv_loss)
                             self._add(acc, f"adv_{name}.{head}", term)
@@ -582,19 +587,13 @@ class Trainer:
         # ---- D update on detached features / probabilities
         feats_d = {k: v.detach() for k, v in feats.items()}
         probs_d = torch.sigmoid(logits.detach().float())
-        n_t = x.shape[0] - b
         for name, disc, ddp_disc, opt in zip(self.disc_names, self.discs, self.d_ddp,
                                              self.opt_d, strict=True):
             with self._autocast():
                 if disc.kind == "shape":
-                    real = self._real_masks(ys, yt)
-                    inputs = {"mask": torch.cat([real.float(), probs_d])}
-                    labels = torch.cat([torch.ones(real.shape[0], device=x.device),
-                                        torch.zeros(probs_d.shape[0], device=x.device)])
+                    inputs, labels = {"mask": torch.cat([real, probs_d])}, shape_labels
                 else:
-                    inputs = {**feats_d, "mask": probs_d}
-                    labels = torch.cat([torch.ones(b, device=x.device),
-                                        torch.zeros(n_t, device=x.device)])
+                    inputs, labels = {**feats_d, "mask": probs_d}, domain_labels
                 out = ddp_disc(inputs)  # its own DDP wrapper: averages this D's grads
                 d_loss = torch.zeros((), device=x.device)
                 for head, logit in out.items():
