@@ -1,4 +1,4 @@
-"""``stainadapt export``: the segmentation network as ONNX or TorchScript, checked."""
+"""``stainadapt export``: the run's network (and normaliser) as ONNX or TorchScript, checked."""
 
 from __future__ import annotations
 
@@ -17,34 +17,76 @@ def export(
     run: Annotated[Path, typer.Argument(help="Run folder (model.safetensors + model.json).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write (e.g. g.onnx).")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")] = "onnx",
+    normalizer: Annotated[
+        bool,
+        typer.Option(
+            "--normalizer/--no-normalizer",
+            help="Bake the run's stain normaliser into the model (default), or export G "
+            "alone for images normalised elsewhere.",
+        ),
+    ] = True,
     check: Annotated[
         bool,
         typer.Option(
             "--check/--no-check",
-            help="Compare the exported model with PyTorch on a random batch (ONNX: "
-            "needs onnxruntime: pip install 'stainadapt\\[onnx]').",
+            help="Compare the exported model with PyTorch on synthetic stained tiles and a "
+            "near-blank one (ONNX: needs onnxruntime: pip install 'stainadapt\\[onnx]').",
         ),
     ] = True,
     atol: Annotated[
-        float, typer.Option("--atol", help="Largest allowed probability difference.")
-    ] = 1e-4,
+        float | None,
+        typer.Option(
+            "--atol",
+            help="Largest allowed probability difference [default: 1e-4; 5e-3 with a "
+            "baked-in normaliser].",
+            show_default=False,
+        ),
+    ] = None,
+    image_atol: Annotated[
+        float,
+        typer.Option(
+            "--image-atol",
+            help="Largest allowed mean difference of a normalised image (0..255 units).",
+        ),
+    ] = 0.01,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 17,
 ) -> None:
-    """Export the segmentation network alone (ONNX or TorchScript), checked against PyTorch.
+    """Export the segmentation network, with the run's normaliser baked in, checked against PyTorch.
 
     Input: float32 (B, 3, H, W), RGB in 0..255, H and W multiples of 32.
-    Output: float32 (B, 1, H, W) probabilities (x / 255 -> G -> sigmoid).
-    A stain normaliser of the run is not baked in: normalise images first.
-    OUT.json holds this contract, the threshold and the fitted normaliser (docs/objects.md).
+    Output: float32 (B, 1, H, W) probabilities (normalise -> x / 255 -> G -> sigmoid);
+    with a normaliser also the normalised image (ONNX output 'normalized',
+    TorchScript method normalize). OUT.json holds this contract, the threshold and the
+    fitted normaliser (docs/objects.md).
     """
     from ..export import export_model
 
-    report = run_guarded(lambda: export_model(run, out, fmt, check=check, atol=atol, opset=opset))
+    report = run_guarded(
+        lambda: export_model(
+            run,
+            out,
+            fmt,
+            check=check,
+            atol=atol,
+            image_atol=image_atol,
+            opset=opset,
+            normalizer=normalizer,
+        )
+    )
     console.print(f"wrote {report.path} ({report.format}) and {report.sidecar}", highlight=False)
+    if report.baked_in:
+        console.print(f"normaliser baked in: {report.normalizer}", highlight=False)
     if report.max_abs_diff is not None:
         console.print(
             f"checked with {report.checked_with} at {', '.join(map(str, report.sizes))} px: "
-            f"max |difference| from PyTorch {report.max_abs_diff:.2e}",
+            f"max |difference| from PyTorch {report.max_abs_diff:.2e} "
+            f"(mean {report.mean_abs_diff:.2e}) in probabilities",
+            highlight=False,
+        )
+    if report.image_max_abs_diff is not None:
+        console.print(
+            f"normalised images: max |difference| {report.image_max_abs_diff:.0f}, "
+            f"mean {report.image_mean_abs_diff:.2e} (worst image; 0..255 units)",
             highlight=False,
         )
     for note in report.notes:
