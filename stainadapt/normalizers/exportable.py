@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from .macenko import DEFAULT_STAIN_MATRIX, MIN_STAIN_ANGLE_DEG, Macenko
 from .reinhard import Reinhard
-from .vahadane import Vahadane
+from .vahadane import Vahadane, collapsed_stains
 
 __all__ = [
     "ExportableMacenko",
@@ -325,19 +325,30 @@ def _lasso2(g: Tensor, wtv: Tensor, lam: float) -> Tensor:
 
 
 def _sparse_nmf(v: Tensor, w0: Tensor, lam: float, n_iter: int) -> Tensor:
-    """:func:`stainadapt.normalizers.vahadane.sparse_nmf`, unrolled, closed-form solves."""
+    """:func:`stainadapt.normalizers.vahadane.sparse_nmf`, unrolled, closed-form solves.
+
+    The same degenerate-estimate rule: an image whose stain vectors collapse onto one
+    colour (:func:`~stainadapt.normalizers.vahadane.collapsed_stains`) or whose solve is
+    not finite (Cramer's rule with a zero determinant) gets an all-NaN ``W``.
+    """
     w = w0.clamp(min=0)
     w = w / w.norm(dim=1, keepdim=True).clamp(min=1e-8)
     live = (v.abs().sum(dim=1, keepdim=True) > 0).to(v.dtype)
     eye = torch.eye(2, dtype=v.dtype, device=v.device)
+    bad = torch.zeros_like(w[:, 0, 0], dtype=torch.bool)
     for _ in range(n_iter):
-        h = _lasso2(w.transpose(1, 2) @ w, w.transpose(1, 2) @ v, lam) * live
+        g = w.transpose(1, 2) @ w
+        bad = bad | collapsed_stains(g)
+        g = torch.where(bad[:, None, None], eye, g)
+        h = _lasso2(g, w.transpose(1, 2) @ v, lam) * live
         hht = h @ h.transpose(1, 2) + 1e-6 * eye
+        hht = torch.where(bad[:, None, None], eye, hht)
         wt = _solve2(hht, h @ v.transpose(1, 2))
+        bad = bad | ~torch.isfinite(wt).all(dim=2).all(dim=1)
         w_new = wt.transpose(1, 2).clamp(min=0)
         norm = w_new.norm(dim=1, keepdim=True)
         w = torch.where(norm > 1e-6, w_new / norm.clamp(min=1e-8), w)
-    return w
+    return torch.where(bad[:, None, None], torch.full_like(w, float("nan")), w)
 
 
 class ExportableVahadane(_StainBased):

@@ -5,7 +5,10 @@ Per image (batched): tissue OD ``V`` ``(3, n)`` is factorised as ``W @ H`` with
 on the concentrations), by alternating the exact non-negative lasso for ``H`` (closed
 form with two stains) with a projected least-squares update of ``W``. ``W`` starts from
 the Macenko estimate, so the result is deterministic and the order is stable
-(hematoxylin first: the larger red OD). Then, for the transform, concentrations are
+(hematoxylin first: the larger red OD). An image whose two stain vectors collapse onto
+one colour during the NMF (a few scattered dark pixels on glass can do it: the 2x2
+systems become singular) has a degenerate estimate and passes through unchanged, as
+one with too little tissue does. Then, for the transform, concentrations are
 non-negative least squares, approximated by clamping the pseudo-inverse solution at 0
 (so no pixel can become brighter than ``Io`` in any channel: background stays
 white-grey, never cyan), scaled by 99th percentiles as in Macenko, and rebuilt with the
@@ -25,6 +28,24 @@ from .macenko import DEFAULT_MAX_CONCENTRATIONS, DEFAULT_STAIN_MATRIX, macenko_s
 from .od import exp_, intensity_to_log, masked_quantile, od_from_intensity, tissue_from_intensity
 
 __all__ = ["Vahadane", "sparse_nmf"]
+
+#: Two stain vectors whose squared sine (``1 - cos^2`` of their angle) falls below this
+#: are one colour to working precision: the 2x2 lasso system is singular (float32) or
+#: its solution is rounding noise. An image whose NMF gets there (about 0.06 degrees
+#: apart; the final check already refuses under ~2 degrees) has a degenerate estimate.
+MIN_STAIN_SIN2 = 1e-6
+
+
+def collapsed_stains(g: Tensor) -> Tensor:
+    """``(B, 2, 2)`` Gram matrices ``W^T W`` -> ``(B,)`` bool: the two columns are parallel.
+
+    True where ``det(g) < MIN_STAIN_SIN2 * g00 * g11`` (squared sine of the angle below
+    the limit) or ``g`` is not finite. A zero column (its vector was never set) is not
+    parallel to anything: ``det = 0 = g00 * g11``, so it is not flagged here.
+    """
+    g00, g01, g11 = g[:, 0, 0], g[:, 0, 1], g[:, 1, 1]
+    det = g00 * g11 - g01 * g01
+    return ~(det >= MIN_STAIN_SIN2 * (g00 * g11))  # NaN compares False: flagged
 
 
 def _lasso2(g: Tensor, wtv: Tensor, lam: float) -> Tensor:
@@ -61,20 +82,29 @@ def sparse_nmf(v: Tensor, w0: Tensor, lam: float = 0.1, n_iter: int = 50) -> Ten
         n_iter: alternations.
 
     Returns:
-        ``(B, 3, 2)`` non-negative unit-norm stain vectors.
+        ``(B, 3, 2)`` non-negative unit-norm stain vectors; all NaN for an image whose
+        estimate degenerated (the two vectors collapsed onto one colour, see
+        :func:`collapsed_stains`, or a 2x2 solve was singular), so that one image
+        cannot fail the batch's solves.
     """
     w = w0.clamp(min=0)
     w = w / w.norm(dim=1, keepdim=True).clamp(min=1e-8)
     live = (v.abs().sum(dim=1, keepdim=True) > 0).to(v.dtype)  # (B, 1, n)
     eye = torch.eye(2, dtype=v.dtype, device=v.device)
+    bad = torch.zeros(v.shape[0], dtype=torch.bool, device=v.device)
     for _ in range(n_iter):
-        h = _lasso2(w.transpose(1, 2) @ w, w.transpose(1, 2) @ v, lam) * live
+        g = w.transpose(1, 2) @ w
+        bad = bad | collapsed_stains(g)
+        g = torch.where(bad[:, None, None], eye, g)  # degenerate images: a regular system
+        h = _lasso2(g, w.transpose(1, 2) @ v, lam) * live
         hht = h @ h.transpose(1, 2) + 1e-6 * eye
-        wt = torch.linalg.solve(hht, h @ v.transpose(1, 2))  # (B, 2, 3)
+        hht = torch.where(bad[:, None, None], eye, hht)
+        wt, info = torch.linalg.solve_ex(hht, h @ v.transpose(1, 2))  # (B, 2, 3)
+        bad = bad | (info != 0) | ~torch.isfinite(wt).all(dim=2).all(dim=1)
         w_new = wt.transpose(1, 2).clamp(min=0)
         norm = w_new.norm(dim=1, keepdim=True)
         w = torch.where(norm > 1e-6, w_new / norm.clamp(min=1e-8), w)
-    return w
+    return torch.where(bad[:, None, None], torch.full_like(w, float("nan")), w)
 
 
 class Vahadane(StainNormalizer):
