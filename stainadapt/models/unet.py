@@ -126,10 +126,27 @@ class SegmentationNet(nn.Module):
         self.feature_table: dict[str, tuple[int, int]] = table
 
     def forward(
-        self, x: torch.Tensor, return_features: bool = False
+        self, x: torch.Tensor, return_features: bool = False, split: int | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits (and the feature maps); see the class docstring.
+
+        ``split=k`` runs the first ``k`` samples and the rest as two separate passes and
+        concatenates the results, so that in training mode BatchNorm normalises each
+        part with its own batch statistics. The trainer passes the source batch size:
+        a batch that mixes two stains would otherwise be normalised with statistics
+        that fit neither (see :mod:`stainadapt.engine.trainer`). It is one call, so a
+        DistributedDataParallel wrapper sees one forward per backward.
+        """
         if x.ndim != 4:
             raise InputError(f"expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
+        if split is not None and 0 < split < x.shape[0]:
+            first = self.forward(x[:split], return_features=True)
+            second = self.forward(x[split:], return_features=True)
+            logits = torch.cat([first[0], second[0]])
+            if not return_features:
+                return logits
+            feats = {k: torch.cat([v, second[1][k]]) for k, v in first[1].items()}
+            return logits, feats
         check_input_size(x.shape[-2], x.shape[-1], self.max_stride)
         enc = self.encoder(x)
         feats = {f"f{i}": f for i, f in enumerate(enc)}

@@ -92,3 +92,20 @@ def test_gradients_reach_the_encoder(net18):
     net18.zero_grad()
     net18(torch.randn(2, 3, 64, 64)).mean().backward()
     assert net18.encoder.conv1.weight.grad.abs().sum() > 0
+
+
+def test_split_forward_normalises_each_part_on_its_own():
+    """forward(split=k) in train mode equals two separate calls, not one mixed batch."""
+    torch.manual_seed(0)
+    net = SegmentationNet(backbone="resnet18").train()
+    a = torch.rand(2, 3, 64, 64)
+    b = torch.rand(2, 3, 64, 64) * 0.3 + 0.6  # another "stain": other batch statistics
+    with torch.no_grad():
+        logits, feats = net(torch.cat([a, b]), return_features=True, split=2)
+        la, fa = net(a, return_features=True)
+        lb, fb = net(b, return_features=True)
+        mixed = net(torch.cat([a, b]))
+    assert torch.allclose(logits, torch.cat([la, lb]), atol=1e-5)
+    assert torch.allclose(feats["f0"], torch.cat([fa["f0"], fb["f0"]]), atol=1e-5)
+    assert not torch.allclose(mixed, logits, atol=1e-3)
+    assert net(a, split=2).shape == (2, 1, 64, 64)  # split >= batch: one ordinary pass
