@@ -47,6 +47,9 @@ class TrainConfig:
     discs: list[str] = field(default_factory=list)
     backbone: str = "resnet34"
     pretrained: str | None = None
+    # G's starting weights: a run folder (or its model.safetensors), e.g. a source-only
+    # run to adapt; its backbone must match. Usually with pretrain_epochs = 0.
+    init: str | None = None
     # schedule (paper: s0 = 50, d0 = 10, adversarial = 100)
     pretrain_epochs: int = 50
     disc_epochs: int = 10
@@ -65,6 +68,9 @@ class TrainConfig:
     # updated after every G step; validation, selection and model.safetensors use the
     # average (0: off, the paper's plain weights). Short runs: 0.95; long ones: 0.999.
     ema: float = 0.0
+    # G runs the source and the target part of a batch as separate BatchNorm batches
+    # (SegmentationNet.forward(split=...)); false: one mixed batch (session 1's form)
+    domain_batchnorm: bool = True
     image_size: int = 256
     val_fraction: float = 0.2
     seed: int = 0

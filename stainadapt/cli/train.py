@@ -31,6 +31,9 @@ def train(
     backbone: Annotated[str | None, typer.Option(help="Encoder (default resnet34).")] = None,
     pretrained: Annotated[str | None, typer.Option(
         help="Local encoder weights file (nothing is downloaded).")] = None,
+    init: Annotated[str | None, typer.Option(
+        help="Start G from this run's model (e.g. a source-only run to adapt; same "
+        "backbone); usually with --pretrain-epochs 0.")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder to write.")] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="TOML file with the same fields; flags override it.")] = None,
@@ -102,7 +105,7 @@ def train(
 
     flags = {
         "source": source, "target": target, "mode": mode, "discs": disc or None,
-        "backbone": backbone, "pretrained": pretrained, "out": out,
+        "backbone": backbone, "pretrained": pretrained, "init": init, "out": out,
         "pretrain_epochs": pretrain_epochs, "disc_epochs": disc_epochs,
         "adv_epochs": adv_epochs, "steps_per_epoch": steps_per_epoch,
         "batch_size": batch_size, "lr": lr, "disc_lr": disc_lr, "dice_weight": dice_weight,

@@ -6,8 +6,11 @@ L_seg; ``disc`` epochs train the discriminators alone with G frozen (eval mode, 
 
 One step of the adversarial phase:
 
-1. G runs once on the concatenated batch ``[x_S; x_T]`` and returns logits and the
-   feature maps f0..f9.
+1. G runs on the batch ``[x_S; x_T]`` and returns logits and the feature maps f0..f9.
+   With ``domain_batchnorm`` (the default) the S and T halves are separate BatchNorm
+   batches (``SegmentationNet.forward(split=...)``): a mixed batch is normalised with
+   statistics that fit neither stain, and with label flipping that let G escape the
+   discriminators by calling every target pixel foreground (benchmarks/RESULTS.md).
 2. **G update** on ``L_full = L_seg - sum(alpha * BCE(D(.), true label))``: the paper's
    ``- alpha * L_D`` (``adv_loss = "minimax"``, the default) or its label-flipping form
    ``+ alpha * BCE(D(.), flipped label)`` (``"flip"``); see :mod:`.losses` for why the
@@ -301,6 +304,8 @@ class Trainer:
         # ---- networks (seeded so two runs with the same seed start identically)
         _seed_everything(cfg.seed)
         self.model = SegmentationNet(backbone=cfg.backbone, pretrained=cfg.pretrained)
+        if cfg.init and resume_state is None:
+            _init_from_run(self.model, cfg.init, cfg.backbone)
         self.discs: list[Any] = []
         for spec in cfg.discs:
             disc = create("discriminators", spec, self.model.feature_table)
@@ -540,16 +545,18 @@ class Trainer:
         if phase == "disc":  # G frozen: eval mode, no graph
             self.model.eval()
             with torch.no_grad(), self._autocast():  # plain module: no gradient to sync
-                logits, feats = self.model(x, return_features=True)
+                logits, feats = self.model(x, return_features=True,
+                                           split=b if cfg.domain_batchnorm else None)
             self.model.train()
         else:
             for d in self.discs:
                 d.requires_grad_(False)
             with self._autocast():
+                split = b if (use_t and cfg.domain_batchnorm) else None
                 if phase == "adv":
-                    logits, feats = self.g(x, return_features=True)
+                    logits, feats = self.g(x, return_features=True, split=split)
                 else:
-                    logits, feats = self.g(x), {}
+                    logits, feats = self.g(x, split=split), {}
                 l_seg = seg_loss(logits[:b], ys, cfg.dice_weight)
                 if use_t and self.tgt_labelled:
                     l_seg = l_seg + seg_loss(logits[b:], yt, cfg.dice_weight)
@@ -902,6 +909,26 @@ def StainJitterType() -> type:  # noqa: N802 - a lazily imported class
     from ..data.augment import StainJitter
 
     return StainJitter
+
+
+def _init_from_run(model: torch.nn.Module, run: str, backbone: str) -> None:
+    """Load G's starting weights from a run folder (``--init``), refusing a mismatch.
+
+    Why: the paper's schedule trains G on the source for s0 epochs before any
+    discriminator; a finished source-only run *is* that G, so adapting it skips the
+    pretraining (the demo and the paper table share one source-only G between methods).
+    """
+    from .checkpoint import load_model
+
+    loaded, meta = load_model(run)
+    if meta["backbone"] != backbone:
+        raise InputError(f"{run}: --init has backbone {meta['backbone']!r}, this run "
+                         f"{backbone!r}; give --backbone {meta['backbone']}")
+    try:
+        model.load_state_dict(loaded.state_dict(), strict=True)
+    except RuntimeError:
+        raise InputError(f"{run}: --init weights do not fit this network "
+                         "(different decoder channels?)") from None
 
 
 def _unmasked(sample: Any) -> Any:

@@ -188,3 +188,22 @@ def test_normalizer_state_goes_into_model_json(tmp_path, domains):
     image = torch.tensor(read_image(next((s / "images").iterdir()))).permute(2, 0, 1)
     out = norm(image[None].contiguous())
     assert out.dtype == torch.uint8 and out.shape == (1, 3, 96, 96)
+
+
+def test_init_starts_g_from_another_run(tmp_path, domains):
+    """--init loads G's weights from a run; a backbone mismatch is one clear error."""
+    base = _cfg(tmp_path, domains, mode="source-only", out=str(tmp_path / "base"))
+    train(base)
+    source_model, _ = load_model(tmp_path / "base")
+    trainer = Trainer(_cfg(tmp_path, domains, mode="uda", discs=["shape"],
+                           init=str(tmp_path / "base"), pretrain_epochs=0))
+    for name, value in source_model.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name].cpu(), value), name
+    fresh = Trainer(_cfg(tmp_path, domains, mode="uda", discs=["shape"], seed=3))
+    assert not all(torch.equal(fresh.model.state_dict()[k].cpu(), v)
+                   for k, v in source_model.state_dict().items())
+    with pytest.raises(InputError, match="backbone"):
+        Trainer(_cfg(tmp_path, domains, mode="uda", discs=["shape"], backbone="resnet34",
+                     init=str(tmp_path / "base")))
+    with pytest.raises(InputError, match="model.safetensors"):
+        Trainer(_cfg(tmp_path, domains, mode="uda", discs=["shape"], init=str(tmp_path)))
