@@ -33,11 +33,21 @@ def test_methods_table_is_consistent(pt):
         assert (m.mode == "eval") == (m.base is not None) == (m.normalizer is not None)
         if m.mode == "source-only":
             assert not m.discs
-    # the issue's rows are all there
+        assert (m.schedule in pt.SCHEDULES) == (m.mode != "eval")
+        # every row with a discriminator adapts the shared source G (the paper's schedule)
+        assert (m.schedule == "d0+adv") == bool(m.discs)
+        if m.discs:
+            assert m.init == "source-only"
+        if m.depends_on is not None:
+            assert ids.index(m.depends_on) < ids.index(m.id)
+    assert pt.BY_ID["source-only"].init is None and pt.BY_ID["source-only"].schedule == "s0"
+    # the issue's rows are all there, and the two baselines of the shared-G schedule
     for mid in ("source-only", "target-only", "st-scratch", "sda-s", "sda-sed", "macenko",
                 "reinhard", "vahadane", "source-only-jitter", "sf-4", "sf-9", "afc", "uda-e",
-                "uda-d", "uda-ed", "uda-s", "uda-sed", "uda-sed-jitter"):
+                "uda-d", "uda-ed", "uda-s", "uda-sed", "uda-sed-jitter",
+                "source-only-longer", "uda-sed-zero"):
         assert mid in ids
+    assert "uda-sed-zero" not in pt.PAPER and "source-only-longer" not in pt.PAPER
 
 
 def test_paper_numbers_satisfy_the_claims(pt):
@@ -90,6 +100,81 @@ def test_quick_budget_follows_the_demo_recipe(pt):
     assert pt.QUICK.lr == demo.FULL.lr and pt.QUICK.disc_lr == demo.FULL.disc_lr
 
 
+def test_quick_is_the_demo_schedule(pt):
+    """QUICK measures what the demo measures: demo.FULL's s0/d0/adv, steps and loss form."""
+    from stainadapt.engine import demo
+
+    q, d = pt.QUICK, demo.FULL
+    assert (q.pretrain_epochs, q.disc_epochs, q.adv_epochs, q.steps_per_epoch) == (
+        d.pretrain_epochs, d.disc_epochs, d.adv_epochs, d.steps_per_epoch)
+    assert q.adv_loss == d.adv_loss and q.seeds == 1
+    assert pt.Budget.from_demo(demo.DemoBudget(adv_loss="minimax"), "x").adv_loss == "minimax"
+    # FULL (GPU) keeps its own schedule but the demo's loss form
+    assert (pt.FULL.pretrain_epochs, pt.FULL.adv_epochs) == (20, 40)
+    assert pt.FULL.adv_loss == d.adv_loss
+
+
+def test_schedules_share_the_source_g(pt, tmp_path):
+    """Dependents start from the seed's source-only folder; epochs follow each schedule."""
+    from stainadapt.registry import parse_spec
+
+    data = pt.ensure_data(pt.TINY, tmp_path)
+    b = pt.replace(pt.TINY, pretrain_epochs=3, disc_epochs=2, adv_epochs=5,
+                   adv_loss="minimax")
+    runs = tmp_path / "runs"
+
+    def cfg(mid, seed=1):
+        return pt.build_config(pt.BY_ID[mid], b, seed, data, pt.run_dir_of(tmp_path, mid, seed),
+                               "cpu")
+
+    def epochs(c):
+        return c.pretrain_epochs, c.disc_epochs, c.adv_epochs
+
+    so = cfg("source-only")
+    assert so.mode == "source-only" and so.init is None and epochs(so) == (3, 0, 0)
+    assert so.phases() == ["seg"] * 3
+    source_dir = str(runs / "source-only-seed1")
+    assert so.out == source_dir
+    for mid in ("sf-4", "sf-9", "afc", "uda-s", "uda-e", "uda-d", "uda-ed", "uda-sed",
+                "uda-sed-jitter", "uda-sed-zero", "sda-s", "sda-sed"):
+        c = cfg(mid)
+        assert c.init == source_dir, mid
+        assert epochs(c) == (0, 2, 5) and c.phases() == ["disc"] * 2 + ["adv"] * 5, mid
+        assert c.adv_loss == "minimax", mid
+    longer = cfg("source-only-longer")
+    assert longer.init == source_dir and longer.mode == "source-only" and not longer.discs
+    assert longer.phases() == ["seg"] * 5  # as many G updates as the adversarial rows
+    jitter = cfg("source-only-jitter")
+    assert jitter.init is None and jitter.phases() == ["seg"] * 3 and jitter.stain_jitter > 0
+    for mid in ("target-only", "st-scratch"):
+        c = cfg(mid)
+        assert c.init is None and c.phases() == ["seg"] * 8, mid
+        assert c.adv_loss == "minimax"  # the trainer's default: no adversarial term here
+    # the control is uda-sed with every weight 0
+    zero, sed = cfg("uda-sed-zero"), cfg("uda-sed")
+    assert [parse_spec(s)[0] for s in zero.discs] == [parse_spec(s)[0] for s in sed.discs]
+    weights = [float(v) for s in zero.discs for k, v in parse_spec(s)[1].items()
+               if k.startswith("weight")]
+    assert weights == [0.0, 0.0, 0.0]
+    assert {k: v for k, v in zero.as_dict().items() if k not in ("discs", "out")} == \
+        {k: v for k, v in sed.as_dict().items() if k not in ("discs", "out")}
+    # --only adds the dependencies, before their dependents
+    assert [m.id for m in pt.plan_methods("uda-sed")] == ["source-only", "uda-sed"]
+    assert [m.id for m in pt.plan_methods("macenko,source-only-longer")] == [
+        "source-only", "macenko", "source-only-longer"]
+    assert [m.id for m in pt.plan_methods(None)] == [m.id for m in pt.METHODS]
+
+
+def test_gap_figures(pt):
+    stats = {(m, "T", "dice"): pt.Stat(v, None, 1) for m, v in (
+        ("source-only", 50.0), ("source-only-longer", 60.0), ("uda-sed-zero", 55.0),
+        ("uda-sed", 70.0), ("sda-sed", 90.0))}
+    assert pt.gap_recovered(stats) == pytest.approx(0.5)
+    assert pt.gap_recovered(stats, baseline="source-only-longer") == pytest.approx(1 / 3)
+    assert pt.gap_recovered(stats, baseline="uda-sed-zero") == pytest.approx(15 / 35)
+    assert pt.gap_recovered(stats, "uda-sed-zero") == pytest.approx(0.125)
+
+
 def test_staleness(pt):
     cfg = {"mode": "uda", "discs": ["shape:weight=0.1"], "out": "a", "source": "s"}
     rec = {"status": "ok", "config": dict(cfg, out="elsewhere", source="moved"),
@@ -99,12 +184,31 @@ def test_staleness(pt):
     assert not pt.is_done(rec, cfg, budget=pt.QUICK)[0]  # other data
     assert not pt.is_done({"status": "error"}, cfg)[0]
     assert pt.is_done(None, cfg) == (False, "new")
+    # a dependent records the identity of the run it started from
+    dep = dict(cfg, init="runs/source-only-seed0", init_run="uid-1")
+    rec = {"status": "ok", "config": dict(dep, init="moved/source-only-seed0"),
+           "budget": rec["budget"]}
+    assert pt.is_done(rec, dep, budget=pt.TINY) == (True, "done")
+    again = pt.is_done(rec, dict(dep, init_run="uid-2"), budget=pt.TINY)
+    assert again == (False, "stale (its init run was trained again): training again")
+    assert not pt.is_done(rec, dict(dep, init_run=None), budget=pt.TINY)[0]
+    # an evaluated row: its base's identity
+    base = {"status": "ok", "uid": "b1", "config": {"mode": "source-only"}}
+    ev = {"status": "ok", "config": {"mode": "source-only", "eval_normalizer": "macenko",
+                                     "base_run": "b1"}}
+    assert pt.is_done(ev, None, base)[0]
+    assert not pt.is_done(ev, None, dict(base, uid="b2"))[0]
+    assert pt.run_identity({"status": "error"}) is None
+    old = {"status": "ok", "date": "2026-01-01 00:00:00", "config": {"mode": "uda"}}
+    assert pt.run_identity(old) == pt.run_identity(dict(old)) != pt.run_identity(
+        dict(old, date="2026-01-02 00:00:00"))
 
 
 @pytest.mark.slow
 def test_tiny_table_end_to_end_and_resume(pt, tmp_path, capsys):
     out, md = tmp_path / "out", tmp_path / "md" / "TABLE.md"
-    argv = ["--budget", "tiny", "--only", "source-only,macenko,uda-sed,sda-sed",
+    # source-only is not named: --only adds it, as the run the others depend on
+    argv = ["--budget", "tiny", "--only", "macenko,uda-sed,sda-sed",
             "--seeds", "1", "--out", str(out), "--md", str(md), "--device", "cpu"]
     assert pt.main(argv) == 0
     first = capsys.readouterr().out
@@ -121,8 +225,14 @@ def test_tiny_table_end_to_end_and_resume(pt, tmp_path, capsys):
         assert f"{mid} seed 0: " in first
     assert json.loads((out / "results" / "macenko-seed0.json").read_text())["normalizer"] \
         == "macenko"
+    assert first.index("source-only seed 0: ") < first.index("uda-sed seed 0: ")
     uda = json.loads((out / "results" / "uda-sed-seed0.json").read_text())
+    source = json.loads((out / "results" / "source-only-seed0.json").read_text())
     assert uda["config"]["mode"] == "uda" and len(uda["config"]["discs"]) == 2
+    assert uda["config"]["init"] == str(out / "runs" / "source-only-seed0")
+    assert uda["config"]["pretrain_epochs"] == 0 and uda["config"]["adv_loss"] == "flip"
+    assert uda["config"]["init_run"] == source["uid"]
+    assert source["config"]["adv_epochs"] == 0 and source["config"]["init"] is None
     assert not (out / "runs" / "uda-sed-seed0" / "state.pt").exists()  # dropped when done
     assert (out / "runs" / "uda-sed-seed0" / "model.safetensors").is_file()
 
@@ -133,6 +243,11 @@ def test_tiny_table_end_to_end_and_resume(pt, tmp_path, capsys):
     assert "--budget tiny" in text and "paper 77 %" in text
     assert "| P & M (unsupervised) | ours (UDA-sed) | " in text
     assert "87.73 ± 0.15" in text and "| PASM | Origin | " in text
+    assert "ours, α = 0 (control)" in text and "Origin, s0 + adv epochs" in text
+    assert "UDA-sed over source-only-longer" in text and "over the α = 0 control" in text
+    assert "| uda-sed | ours (UDA-sed) | uda | PASM + Masson (unlabelled) | the shared " \
+        "source G (this seed's `source-only` run) | 1 D only + 1 adversarial |" in text
+    assert "| target-only | Origin | source-only | Masson (its training split) | scratch" in text
     png = md.with_name("paper_table.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -143,6 +258,25 @@ def test_tiny_table_end_to_end_and_resume(pt, tmp_path, capsys):
     for mid in ids:
         assert (out / "results" / f"{mid}-seed0.json").stat().st_mtime_ns == mtimes[mid]
     assert len((out / "invocations.jsonl").read_text().splitlines()) == 2
+
+    # source-only trained again (its result gone): the runs that start from it or
+    # evaluate it are stale, even with an unchanged configuration
+    (out / "results" / "source-only-seed0.json").unlink()
+    only = [*argv[:3], "uda-sed", *argv[4:]]
+    assert pt.main(only) == 0
+    third = capsys.readouterr().out
+    assert "source-only seed 0: " in third
+    assert "uda-sed seed 0: stale (its init run was trained again)" in third
+    assert "macenko" not in third and "sda-sed" not in third  # not asked for
+    new_source = json.loads((out / "results" / "source-only-seed0.json").read_text())
+    assert new_source["uid"] != source["uid"]
+    assert json.loads((out / "results" / "uda-sed-seed0.json").read_text())[
+        "config"]["init_run"] == new_source["uid"]
+    assert pt.main(argv) == 0
+    fourth = capsys.readouterr().out
+    assert "macenko seed 0: stale (its base run changed)" in fourth
+    assert "sda-sed seed 0: stale (its init run was trained again)" in fourth
+    assert fourth.count(": skip (result exists") == 2  # source-only, uda-sed
 
     # --render-only rebuilds the Markdown from the JSONs alone
     md.unlink()
@@ -165,6 +299,8 @@ def test_every_method_config_is_valid(pt, tmp_path):
         assert cfg.mode == m.mode and cfg.seed == 0
         if m.id == "st-scratch":
             assert cfg.phases() == ["seg"] * (pt.TINY.pretrain_epochs + pt.TINY.adv_epochs)
+        if m.init is not None:
+            assert cfg.init == str(tmp_path / "runs" / f"{m.init}-seed0")
         if m.id == "target-only":
             held_out = pt.EvalSets(data, 0, pt.TINY.val_fraction).names["T"]
             trained = [p.stem for p in (Path(cfg.source) / "images").iterdir()]
