@@ -968,8 +968,8 @@ def render_markdown(out: Path, results: list[dict[str, Any]], invocations: list[
               "(`--init`, `pretrain_epochs = 0`); the others train from the seed's "
               "initialisation (same seed => same G initialisation and the same splits for "
               "every method). Adversarial rows use G's loss form "
-              f"`adv_loss = {(budget or asdict(QUICK)).get('adv_loss', 'minimax')}` "
-              "(minimax where a stored budget names none: the trainer's default).", "",
+              f"`adv_loss = {(budget or asdict(QUICK)).get('adv_loss', 'flip')}` "
+              "(flip where a stored budget names none: the trainer's default).", "",
               "| id | paper | mode | trained on | G starts from | epochs | --disc | extra | "
               "test-time normaliser |",
               "|---|---|---|---|---|---|---|---|---|"]

@@ -61,9 +61,10 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     dice_weight: float = 0.0  # L_seg = BCE + dice_weight * soft Dice loss
-    # G's adversarial term (engine/losses.py): "minimax" = -alpha * BCE(D, true label), the
-    # paper's Eq. 4 as written; "flip" = alpha * BCE(D, flipped label), non-saturating
-    adv_loss: str = "minimax"
+    # G's adversarial term (engine/losses.py): "flip" = alpha * BCE(D, flipped label), the
+    # non-saturating form (default); "minimax" = -alpha * BCE(D, true label), the
+    # paper's Eq. 4 as written, whose gradient fades where D is right
+    adv_loss: str = "flip"
     # decay of an exponential moving average of G's weights and BatchNorm statistics,
     # updated after every G step; validation, selection and model.safetensors use the
     # average (0: off, the paper's plain weights). Short runs: 0.95; long ones: 0.999.

@@ -78,8 +78,8 @@ def train(
         "--augment/--no-augment", help="Geometric/photometric augmentation.",
         rich_help_panel=_DATA)] = None,
     adv_loss: Annotated[str | None, typer.Option(
-        help="G's adversarial term: minimax (the paper's -alpha*L_D, default) or flip "
-        "(label flipping).", rich_help_panel=_OPT)] = None,
+        help="G's adversarial term: flip (label flipping, non-saturating; default) or "
+        "minimax (the paper's -alpha*L_D read literally).", rich_help_panel=_OPT)] = None,
     ema: Annotated[float | None, typer.Option(
         help="Decay of a moving average of G's weights used for validation, selection and "
         "the saved model (0: off; 0.95 for short runs, 0.999 for long ones).",

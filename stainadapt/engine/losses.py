@@ -3,13 +3,8 @@
 G's adversarial term (the ``- alpha * L_D`` of the paper's Eq. 4) comes in two forms,
 chosen with ``adv_loss`` (see :func:`generator_adv_term`):
 
-``minimax`` (default) is the paper's equation read literally: G minimises
-``- alpha * BCE(D(x), true label)``, i.e. maximises the discriminator's own loss (what a
-gradient-reversal layer does). Its gradient fades where D is confidently right, so a
-strong discriminator cannot drag G far from what L_seg wants.
-
-``flip`` is **label flipping**, the non-saturating form of the GAN literature: G
-minimises ``alpha * BCE(D(x), flipped label)``:
+``flip`` (default) is **label flipping**, the non-saturating form of the GAN literature:
+G minimises ``alpha * BCE(D(x), flipped label)``:
 
 * domain discriminators: source features are scored against the target label (0) and
   target features against the source label (1), so G is pushed to make each domain look
@@ -17,17 +12,27 @@ minimises ``alpha * BCE(D(x), flipped label)``:
 * shape discriminator: G's predicted probabilities (S and T) are scored against the
   "real mask" label (1).
 
+``minimax`` is the paper's equation read literally: G minimises
+``- alpha * BCE(D(x), true label)``, i.e. maximises the discriminator's own loss (what a
+gradient-reversal layer does). Its gradient fades where D is confidently right -- and
+the domain discriminators are right 80-99 % of the time here -- so G hears little.
+
 Both have the sign of ``-L_D`` (G is rewarded where D is wrong);
 ``tests/engine/test_trainer_adversarial.py`` checks the sign for both: with alpha > 0,
 the discriminators' accuracy on G's features falls compared with alpha = 0.
 
-Why ``minimax`` is the default (measured on the synthetic PASM -> Masson demo data,
-resnet18, 96 px, same seed and initial weights, EMA-validated): with label flipping the
-adapted G collapses to predicting nearly every Masson pixel as glomerulus (predicted
-foreground 0.99 of the image against 0.08 in the truth; Dice of the last four epochs
-0.21, 0.14 with stronger weights, 0.07 with spectrally normalised discriminators) while
-minimax stays with the no-adversary control (0.29 / 0.23 / 0.23 against 0.27). Neither
-beats source-only at that budget; see benchmarks/RESULTS.md.
+History of the default (benchmarks/RESULTS.md; synthetic PASM -> Masson, resnet18, 96
+px, one seed). Session 2 made ``minimax`` the default because, with S and T normalised
+as one mixed BatchNorm batch, label flipping let G collapse to calling nearly every
+Masson pixel glomerulus (predicted foreground 0.99 vs 0.08 true), while minimax stayed
+with the no-adversary control (0.29 vs 0.27 Masson Dice). Session 3 removed the cause:
+G now normalises S and T as separate BatchNorm batches
+(``TrainConfig.domain_batchnorm``), and no flip run has collapsed since. Adapting a
+converged source G (12 adversarial epochs, one seed), flip at the paper's weights gave
+0.359 (mean of the last four epochs) against minimax's 0.347 and the alpha = 0
+control's 0.358, and flip with weights 0.1 gave 0.386: the non-saturating form is the
+one whose discriminators change anything, so it is the default again. The margins are
+small; run both (``--adv-loss``) on your data.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 0.
 
 
 def generator_adv_term(logits: torch.Tensor, true_labels: torch.Tensor,
-                       kind: str = "minimax") -> torch.Tensor:
+                       kind: str = "flip") -> torch.Tensor:
     """G's adversarial term for one discriminator head (before its weight alpha).
 
     ``true_labels`` are what the discriminator is trained to answer (source 1 / target 0;

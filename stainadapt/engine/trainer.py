@@ -11,10 +11,10 @@ One step of the adversarial phase:
    batches (``SegmentationNet.forward(split=...)``): a mixed batch is normalised with
    statistics that fit neither stain, and with label flipping that let G escape the
    discriminators by calling every target pixel foreground (benchmarks/RESULTS.md).
-2. **G update** on ``L_full = L_seg - sum(alpha * BCE(D(.), true label))``: the paper's
-   ``- alpha * L_D`` (``adv_loss = "minimax"``, the default) or its label-flipping form
-   ``+ alpha * BCE(D(.), flipped label)`` (``"flip"``); see :mod:`.losses` for why the
-   default. The discriminators' parameters have ``requires_grad`` off during this
+2. **G update** on ``L_full = L_seg - alpha * L_D``, realised as label flipping
+   ``+ alpha * BCE(D(.), flipped label)`` (``adv_loss = "flip"``, the default) or
+   literally as ``- alpha * BCE(D(.), true label)`` (``"minimax"``); see :mod:`.losses`
+   for why the default. The discriminators' parameters have ``requires_grad`` off during this
    backward pass.
 3. **D update**: every discriminator sees G's features *detached* -- source = 1,
    target = 0 -- or, for the shape discriminator, ground-truth masks = 1 (S masks; in sda

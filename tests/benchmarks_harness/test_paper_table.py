@@ -149,7 +149,7 @@ def test_schedules_share_the_source_g(pt, tmp_path):
     for mid in ("target-only", "st-scratch"):
         c = cfg(mid)
         assert c.init is None and c.phases() == ["seg"] * 8, mid
-        assert c.adv_loss == "minimax"  # the trainer's default: no adversarial term here
+        assert c.adv_loss == "flip"  # the trainer's default: no adversarial term here
     # the control is uda-sed with every weight 0
     zero, sed = cfg("uda-sed-zero"), cfg("uda-sed")
     assert [parse_spec(s)[0] for s in zero.discs] == [parse_spec(s)[0] for s in sed.discs]
