@@ -38,9 +38,9 @@ from kornia.color import lab_to_rgb, rgb_to_lab
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .macenko import DEFAULT_STAIN_MATRIX, MIN_STAIN_ANGLE_DEG, Macenko
+from .macenko import DEFAULT_STAIN_MATRIX, Macenko, stains_from_plane
 from .reinhard import Reinhard
-from .vahadane import Vahadane, collapsed_stains
+from .vahadane import Vahadane, _lasso2, collapsed_stains
 
 __all__ = [
     "ExportableMacenko",
@@ -131,10 +131,6 @@ def _solve2(g: Tensor, r: Tensor) -> Tensor:
     x0 = (d * r[:, 0] - b * r[:, 1]) / det
     x1 = (a * r[:, 1] - c * r[:, 0]) / det
     return torch.stack((x0, x1), dim=1)
-
-
-def _orient(v: Tensor) -> Tensor:
-    return torch.where(v.sum(dim=-1, keepdim=True) < 0, -v, v)
 
 
 def _log1(x: Tensor) -> Tensor:
@@ -237,7 +233,6 @@ class ExportableReinhard(ExportableNormalizer):
 
 def _macenko_stains(od: Tensor, tissue: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     """:func:`~stainadapt.normalizers.macenko.macenko_stains` with Jacobi for ``eigh``."""
-    b = od.shape[0]
     w = tissue.to(od.dtype)
     n = w.sum(dim=1)
     odm = od * w[:, None]
@@ -250,23 +245,9 @@ def _macenko_stains(od: Tensor, tissue: Tensor, alpha: float) -> tuple[Tensor, T
     fallback = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=od.dtype, device=od.device))
     cov = torch.where(enough[:, None, None], cov, fallback)
     _, vecs = jacobi_eigh3(cov)
-    e1 = _orient(vecs[:, :, 2])
-    e2 = _orient(vecs[:, :, 1])
-    proj = torch.stack((e1, e2), dim=1) @ od
-    phi = torch.atan2(proj[:, 1], proj[:, 0])
-    q = _quantiles(phi, tissue, (alpha / 100.0, 1.0 - alpha / 100.0))
-    lo, hi = q[:, 0:1], q[:, 1:2]
-    v_lo = torch.cos(lo) * e1 + torch.sin(lo) * e2
-    v_hi = torch.cos(hi) * e1 + torch.sin(hi) * e2
-    h_first = (v_lo[:, 0] >= v_hi[:, 0])[:, None]
-    h = torch.where(h_first, v_lo, v_hi)
-    e = torch.where(h_first, v_hi, v_lo)
-    stains = torch.stack((h, e), dim=2)
-    cos = (h * e).sum(dim=1).abs()
-    ok = enough & (cos < math.cos(math.radians(MIN_STAIN_ANGLE_DEG)))
-    default = torch.tensor(DEFAULT_STAIN_MATRIX, dtype=od.dtype, device=od.device)
-    stains = torch.where(ok[:, None, None], stains, default.expand(b, 3, 2))
-    return stains, ok
+    return stains_from_plane(
+        vecs[:, :, 2], vecs[:, :, 1], od, tissue, enough, alpha, quantile=_quantiles
+    )
 
 
 class _StainBased(ExportableNormalizer):
@@ -309,21 +290,6 @@ class ExportableMacenko(_StainBased):
         return torch.exp(m @ _log1(x) + c)
 
 
-def _lasso2(g: Tensor, wtv: Tensor, lam: float) -> Tensor:
-    """:func:`stainadapt.normalizers.vahadane._lasso2` with a closed-form 2x2 solve."""
-    r = wtv - lam
-    eye = torch.eye(2, dtype=g.dtype, device=g.device)
-    both = _solve2(g + 1e-8 * eye, r)
-    g00 = g[:, 0, 0, None].clamp(min=1e-8)
-    g11 = g[:, 1, 1, None].clamp(min=1e-8)
-    a = (r[:, 0] / g00).clamp(min=0)
-    b = (r[:, 1] / g11).clamp(min=0)
-    use_a = (0.5 * g00 * a * a - r[:, 0] * a) <= (0.5 * g11 * b * b - r[:, 1] * b)
-    zero = torch.zeros_like(a)
-    single = torch.stack((torch.where(use_a, a, zero), torch.where(use_a, zero, b)), dim=1)
-    return torch.where((both >= 0).all(dim=1, keepdim=True), both, single)
-
-
 def _sparse_nmf(v: Tensor, w0: Tensor, lam: float, n_iter: int) -> Tensor:
     """:func:`stainadapt.normalizers.vahadane.sparse_nmf`, unrolled, closed-form solves.
 
@@ -340,7 +306,7 @@ def _sparse_nmf(v: Tensor, w0: Tensor, lam: float, n_iter: int) -> Tensor:
         g = w.transpose(1, 2) @ w
         bad = bad | collapsed_stains(g)
         g = torch.where(bad[:, None, None], eye, g)
-        h = _lasso2(g, w.transpose(1, 2) @ v, lam) * live
+        h = _lasso2(g, w.transpose(1, 2) @ v, lam, solve=_solve2) * live
         hht = h @ h.transpose(1, 2) + 1e-6 * eye
         hht = torch.where(bad[:, None, None], eye, hht)
         wt = _solve2(hht, h @ v.transpose(1, 2))

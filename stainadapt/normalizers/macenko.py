@@ -20,6 +20,7 @@ Because OD is linear in ``ln(I + 1)``, the whole transform of one image is a 3x3
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -28,7 +29,13 @@ from ..errors import InputError
 from .base import StainNormalizer
 from .od import exp_, intensity_to_log, masked_quantile, od_from_intensity, tissue_from_intensity
 
-__all__ = ["DEFAULT_MAX_CONCENTRATIONS", "DEFAULT_STAIN_MATRIX", "Macenko", "macenko_stains"]
+__all__ = [
+    "DEFAULT_MAX_CONCENTRATIONS",
+    "DEFAULT_STAIN_MATRIX",
+    "Macenko",
+    "macenko_stains",
+    "stains_from_plane",
+]
 
 #: The H&E reference of the original implementations (natural-log OD; columns H, E).
 DEFAULT_STAIN_MATRIX = ((0.5626, 0.2159), (0.7201, 0.8012), (0.4062, 0.5581))
@@ -41,6 +48,54 @@ MIN_STAIN_ANGLE_DEG = 2.0
 def _orient(v: Tensor) -> Tensor:
     """Flip each vector ``(B, 3)`` into the positive octant's side (non-negative sum)."""
     return torch.where(v.sum(dim=-1, keepdim=True) < 0, -v, v)
+
+
+def stains_from_plane(
+    e1: Tensor,
+    e2: Tensor,
+    od: Tensor,
+    tissue: Tensor,
+    enough: Tensor,
+    alpha: float,
+    quantile: Callable[[Tensor, Tensor, tuple[float, ...]], Tensor] = masked_quantile,
+) -> tuple[Tensor, Tensor]:
+    """Macenko's H and E vectors from the plane of the two principal OD directions.
+
+    Shared by :func:`macenko_stains` and the trace-friendly copy in
+    :mod:`~stainadapt.normalizers.exportable`, so the eager and the exported normaliser
+    compute the same stains; each passes its own ``quantile`` (the exported one must
+    avoid data-dependent Python branches). Everything here is branch-free tensor maths.
+
+    Args:
+        e1, e2: ``(B, 3)`` the largest and second-largest principal directions (any sign).
+        od: ``(B, 3, K)`` optical densities.
+        tissue: ``(B, K)`` bool, the pixels to estimate from.
+        enough: ``(B,)`` bool, False where the covariance had too few pixels.
+        alpha: percentile (0..50) of the angle distribution taken as the extreme stains.
+        quantile: ``(values (R, K), mask (R, K), qs) -> (R, len(qs))`` per-row quantiles.
+
+    Returns:
+        ``(stains, ok)`` as :func:`macenko_stains`.
+    """
+    # Principal direction into the positive octant, so every tissue pixel projects onto
+    # it positively and the angles live in (-pi/2, pi/2): no wrap at +-pi.
+    e1 = _orient(e1)
+    e2 = _orient(e2)
+    proj = torch.stack((e1, e2), dim=1) @ od  # (B, 2, K)
+    phi = torch.atan2(proj[:, 1], proj[:, 0])
+    q = quantile(phi, tissue, (alpha / 100.0, 1.0 - alpha / 100.0))
+    lo, hi = q[:, 0:1], q[:, 1:2]
+    v_lo = torch.cos(lo) * e1 + torch.sin(lo) * e2
+    v_hi = torch.cos(hi) * e1 + torch.sin(hi) * e2
+    h_first = (v_lo[:, 0] >= v_hi[:, 0])[:, None]
+    h = torch.where(h_first, v_lo, v_hi)
+    e = torch.where(h_first, v_hi, v_lo)
+    stains = torch.stack((h, e), dim=2)  # (B, 3, 2)
+    cos = (h * e).sum(dim=1).abs()
+    ok = enough & (cos < math.cos(math.radians(MIN_STAIN_ANGLE_DEG)))
+    default = torch.tensor(DEFAULT_STAIN_MATRIX, dtype=od.dtype, device=od.device)
+    stains = torch.where(ok[:, None, None], stains, default.expand(od.shape[0], 3, 2))
+    return stains, ok
 
 
 def macenko_stains(od: Tensor, tissue: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -56,7 +111,6 @@ def macenko_stains(od: Tensor, tissue: Tensor, alpha: float = 1.0) -> tuple[Tens
         larger red OD, first) and ``(B,)`` bool, False where fewer than 2 tissue pixels
         or the two vectors are (nearly) parallel. Rows that are not ok hold finite values.
     """
-    b = od.shape[0]
     w = tissue.to(od.dtype)
     n = w.sum(dim=1)
     # Covariance from the first two moments: one masked copy and one (3 x K) @ (K x 3)
@@ -72,25 +126,7 @@ def macenko_stains(od: Tensor, tissue: Tensor, alpha: float = 1.0) -> tuple[Tens
     fallback = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=od.dtype, device=od.device))
     cov = torch.where(enough[:, None, None], cov, fallback)
     _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
-    # Principal direction into the positive octant, so every tissue pixel projects onto
-    # it positively and the angles live in (-pi/2, pi/2): no wrap at +-pi.
-    e1 = _orient(vecs[:, :, 2])
-    e2 = _orient(vecs[:, :, 1])
-    proj = torch.stack((e1, e2), dim=1) @ od  # (B, 2, K)
-    phi = torch.atan2(proj[:, 1], proj[:, 0])
-    q = masked_quantile(phi, tissue, (alpha / 100.0, 1.0 - alpha / 100.0))
-    lo, hi = q[:, 0:1], q[:, 1:2]
-    v_lo = torch.cos(lo) * e1 + torch.sin(lo) * e2
-    v_hi = torch.cos(hi) * e1 + torch.sin(hi) * e2
-    h_first = (v_lo[:, 0] >= v_hi[:, 0])[:, None]
-    h = torch.where(h_first, v_lo, v_hi)
-    e = torch.where(h_first, v_hi, v_lo)
-    stains = torch.stack((h, e), dim=2)  # (B, 3, 2)
-    cos = (h * e).sum(dim=1).abs()
-    ok = enough & (cos < math.cos(math.radians(MIN_STAIN_ANGLE_DEG)))
-    default = torch.tensor(DEFAULT_STAIN_MATRIX, dtype=od.dtype, device=od.device)
-    stains = torch.where(ok[:, None, None], stains, default.expand(b, 3, 2))
-    return stains, ok
+    return stains_from_plane(vecs[:, :, 2], vecs[:, :, 1], od, tissue, enough, alpha)
 
 
 class Macenko(StainNormalizer):

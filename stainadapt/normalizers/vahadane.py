@@ -18,6 +18,7 @@ reference stain vectors.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -48,16 +49,24 @@ def collapsed_stains(g: Tensor) -> Tensor:
     return ~(det >= MIN_STAIN_SIN2 * (g00 * g11))  # NaN compares False: flagged
 
 
-def _lasso2(g: Tensor, wtv: Tensor, lam: float) -> Tensor:
+def _lasso2(
+    g: Tensor,
+    wtv: Tensor,
+    lam: float,
+    solve: Callable[[Tensor, Tensor], Tensor] = torch.linalg.solve,
+) -> Tensor:
     """Exact non-negative lasso with two unknowns per pixel, batched.
 
     Minimises ``h^T G h / 2 - (W^T v - lam)^T h`` over ``h >= 0`` for every column: the
     unconstrained optimum when it is non-negative (KKT), else the better of the two
     one-stain optima. ``g`` ``(B, 2, 2)``, ``wtv`` ``(B, 2, n)`` -> ``(B, 2, n)``.
+    ``solve(A, B)`` gives ``A^-1 B`` for the unconstrained optimum: the trace-friendly
+    normaliser in :mod:`~stainadapt.normalizers.exportable` passes its closed-form 2x2
+    solve, so the eager and the exported NMF share this one lasso.
     """
     r = wtv - lam
     eye = torch.eye(2, dtype=g.dtype, device=g.device)
-    both = torch.linalg.solve(g + 1e-8 * eye, r)
+    both = solve(g + 1e-8 * eye, r)
     g00 = g[:, 0, 0, None].clamp(min=1e-8)
     g11 = g[:, 1, 1, None].clamp(min=1e-8)
     a = (r[:, 0] / g00).clamp(min=0)
