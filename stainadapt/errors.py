@@ -11,7 +11,7 @@ line (``error: ...``) and pick the exit code without a traceback:
 
 from __future__ import annotations
 
-__all__ = ["StainadaptError", "InputError", "PluginError", "RunFailure"]
+__all__ = ["StainadaptError", "InputError", "PluginError", "RunFailure", "ReportedInterrupt"]
 
 
 class StainadaptError(Exception):
@@ -34,3 +34,10 @@ class RunFailure(StainadaptError):
     """The work itself failed or was only partly done. Exit code 1."""
 
     exit_code = 1
+
+
+class ReportedInterrupt(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM that the engine has already explained (e.g. how to resume).
+
+    The CLI exits with 130 without printing a second, vaguer "interrupted" line.
+    """

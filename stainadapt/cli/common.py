@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from rich.console import Console
 
-from ..errors import StainadaptError
+from ..errors import ReportedInterrupt, StainadaptError
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -43,8 +43,9 @@ def run_guarded(fn: Callable[[], T]) -> T:
         if STATE["debug"]:
             raise
         fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        console.print("interrupted", style="yellow")
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, ReportedInterrupt):  # the engine said it already
+            console.print("interrupted", style="yellow")
         raise typer.Exit(130) from None
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         if STATE["debug"]:

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig, dumps_toml, load_toml
 from ..device import resolve_device as _resolve_device
-from ..errors import InputError, RunFailure
+from ..errors import InputError, ReportedInterrupt, RunFailure
 from . import distributed
 from .checkpoint import atomic_write_text, non_finite, normalizer_to_meta, save_model
 from .losses import generator_adv_term, seg_loss
@@ -839,7 +839,7 @@ class Trainer:
                     f"interrupted: state after epoch {self.epoch} is in "
                     f"{self.run_dir / STATE_FILE}; continue with "
                     f"stainadapt train --resume {self.run_dir}", style="yellow")
-            raise KeyboardInterrupt
+            raise ReportedInterrupt
         if self.epoch >= len(self.phases) and self.main:
             if self.best_epoch is None:  # no epoch of the last phase ran (0 epochs)
                 save_model(self.run_dir, self.eval_model, self._meta())

@@ -110,6 +110,7 @@ def test_signal_stops_with_a_resumable_state(tmp_path, tiny_domains, sig):
     assert proc.returncode == 130, output
     flat = "".join(output.split())  # rich wraps long lines at 80 columns without a tty
     assert "interrupted" in output and f"--resume{run}" in flat
+    assert output.count("interrupted") == 1, output  # the trainer's line, not a second one
     assert "Traceback" not in output
     epoch = _check_complete(run)
     assert 2 <= epoch < TOTAL
