@@ -309,3 +309,11 @@ def test_every_method_config_is_valid(pt, tmp_path):
             if spec not in seen:
                 seen.add(spec)
                 create("discriminators", spec, g.feature_table)
+
+
+def test_adv_loss_does_not_make_runs_without_a_discriminator_stale(pt):
+    """A new trainer default for adv_loss changes nothing where G has no adversarial term."""
+    plain = {"mode": "source-only", "discs": [], "adv_loss": "minimax", "lr": 1e-3}
+    assert pt._comparable(plain) == pt._comparable({**plain, "adv_loss": "flip"})
+    adv = {"mode": "uda", "discs": ["shape"], "adv_loss": "minimax", "lr": 1e-3}
+    assert pt._comparable(adv) != pt._comparable({**adv, "adv_loss": "flip"})
