@@ -110,15 +110,18 @@ def test_file_sharding_cli_matches_one_process(setup):
         assert got[name] == want[name], name
 
 
+# Each rank writes its report to a file of its own: two ranks printing to one stdout
+# pipe can interleave their lines ("REPORTREPORT {...").
 SCRIPT = textwrap.dedent('''
-    import json, sys
+    import json, os, sys
     from stainadapt.inference import predict_paths
     report = predict_paths(sys.argv[1].split(","), sys.argv[2], sys.argv[3], device="cpu",
                            stream_min_pixels=0, probabilities=True, batch_size=2)
-    print("REPORT", json.dumps({"written": [str(p) for p in report.written],
-                                "failed": [[str(p), why] for p, why in report.failed],
-                                "tiles": report.tiles_total,
-                                "skipped": report.tiles_skipped}))
+    with open(f"report-rank{os.environ['RANK']}.json", "w") as f:
+        json.dump({"written": [str(p) for p in report.written],
+                   "failed": [[str(p), why] for p, why in report.failed],
+                   "tiles": report.tiles_total,
+                   "skipped": report.tiles_skipped}, f)
 ''')
 
 
@@ -127,9 +130,9 @@ def test_one_tiff_shared_by_ranks_matches_one_process(setup):
     (root / "shard.py").write_text(SCRIPT)
     res = torchrun("shard.py", "bad.tif,bad0.tif,slide.tif", "run", "ddp-slide", cwd=root)
     assert res.returncode == 0, res.stdout + res.stderr
-    reports = [ln for ln in res.stdout.splitlines() if ln.startswith("REPORT")]
-    assert len(reports) == 2 and reports[0] == reports[1]  # every rank: the whole report
-    report = json.loads(reports[0].removeprefix("REPORT "))
+    reports = [(root / f"report-rank{r}.json").read_text() for r in (0, 1)]
+    assert reports[0] == reports[1]  # every rank: the whole report
+    report = json.loads(reports[0])
     assert [p for p, _ in report["failed"]] == ["bad.tif", "bad0.tif"]
     for _, why in report["failed"]:
         assert "Error" in why and "rank 1" not in why, why  # the decoder's own reason
