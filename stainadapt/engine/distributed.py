@@ -141,6 +141,12 @@ def session(device: torch.device) -> Iterator[Launch | None]:
         kwargs["device_id"] = dev  # binds NCCL to this GPU (no guessing in barrier())
     dist.init_process_group(**kwargs)
     yield launch  # an exception here propagates without reaching cleanup() (see above)
+    # Every rank got here normally: leave together. Without the barrier a rank that
+    # finished first tore the gloo group down under a slower one, which then aborted in
+    # its own teardown ("terminate called without an active exception", exit -6) after
+    # its work was done (seen once in CI). A rank that failed never reaches this line,
+    # and torchrun stops the others.
+    dist.barrier()
     cleanup()
 
 
