@@ -18,6 +18,8 @@ def test_demo_quick(tmp_path, monkeypatch):
     result = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in result["rows"]]
     assert methods[0] == "source-only" and methods[-1].startswith("UDA")
+    dice = [r["dice"] for r in result["rows"]]  # source-only, -longer, Macenko, UDA
+    assert result["uda_beats_source_only"] == (dice[-1] > max(dice[0], dice[1]))
     for run in ("source-only", "uda"):
         assert (out / run / "model.safetensors").is_file()
         assert (out / run / "curves.png").is_file()
