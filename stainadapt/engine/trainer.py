@@ -545,8 +545,8 @@ class Trainer:
         if phase == "disc":  # G frozen: eval mode, no graph
             self.model.eval()
             with torch.no_grad(), self._autocast():  # plain module: no gradient to sync
-                logits, feats = self.model(x, return_features=True,
-                                           split=b if cfg.domain_batchnorm else None)
+                # eval mode: BatchNorm uses running statistics, so one pass (no split)
+                logits, feats = self.model(x, return_features=True)
             self.model.train()
         else:
             for d in self.discs:
