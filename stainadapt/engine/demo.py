@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +105,18 @@ def _dataset(budget: DemoBudget) -> Path:
 
 def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: Any = None,
              progress: bool = False, device: str = "auto",
-             budget: DemoBudget | None = None) -> dict[str, Any]:
-    """Train both runs into ``out/`` and return the table rows and where things are."""
+             budget: DemoBudget | None = None, seed: int | None = None) -> dict[str, Any]:
+    """Train the three runs into ``out/`` and return the table rows and where things are.
+
+    ``seed`` (default: the budget's) draws the splits, crops and initial weights; at the
+    demo's budget the source-only vs UDA outcome depends on it (benchmarks/RESULTS.md).
+    """
     from ..data.folders import scan_domain
     from ..registry import create
 
     budget = budget or (QUICK if quick else FULL)
+    if seed is not None:
+        budget = replace(budget, seed=seed)
     out = Path(out)
     started = time.perf_counter()
     data = _dataset(budget)

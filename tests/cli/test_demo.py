@@ -12,7 +12,8 @@ from stainadapt.cli.app import app
 def test_demo_quick(tmp_path, monkeypatch):
     monkeypatch.setenv("STAINADAPT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
-    res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--device", "cpu"])
+    res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--device", "cpu",
+                                      "--seed", "3"])
     assert res.exit_code == 0, res.output
     assert "source-only" in res.output and "UDA" in res.output
     result = json.loads((out / "results.json").read_text())
@@ -20,7 +21,9 @@ def test_demo_quick(tmp_path, monkeypatch):
     assert methods[0] == "source-only" and methods[-1].startswith("UDA")
     dice = [r["dice"] for r in result["rows"]]  # source-only, -longer, Macenko, UDA
     assert result["uda_beats_source_only"] == (dice[-1] > max(dice[0], dice[1]))
+    assert result["budget"]["seed"] == 3
     for run in ("source-only", "uda"):
+        assert "seed = 3" in (out / run / "config.toml").read_text()
         assert (out / run / "model.safetensors").is_file()
         assert (out / run / "curves.png").is_file()
     assert list((out / "uda" / "samples").glob("*.png"))
