@@ -54,9 +54,9 @@ class DemoBudget:
     select: str = "source"  # the same rule for both runs; source labels only
 
 
-# Measured (benchmarks/RESULTS.md, "Demo" and "Adapting a converged source G"): with
-# seed 0, UDA 0.361 beats source-only 0.274 / 0.310 (Macenko 0.439); with seed 1 it
-# does not (0.008 vs 0.054 / 0.065; Macenko 0.453): one run does not settle it. G needs
+# Measured (benchmarks/RESULTS.md, "Demo", "Adapting a converged source G" and "Four
+# seeds"): with seed 0, UDA 0.361 beats source-only 0.274 / 0.310 (Macenko 0.439); over
+# seeds 0-3 it wins on two and loses on two: one run does not settle it. G needs
 # about 20 epochs of 10 steps to learn the source task at all; adversarial epochs on a G
 # that has not (session 2: s0 = 4) changed nothing measurable. So s0 is long and the
 # adaptation starts from the converged G. Label flipping (non-saturating) with S and T as
