@@ -77,8 +77,10 @@ def root(
         typer.Option(
             "--max-pixels",
             help="Refuse images whose header claims more pixels than this, before decoding "
-            "(decompression bombs; default 2**31, 0: no limit; env STAINADAPT_MAX_PIXELS). "
-            "Applies to every command: stainadapt --max-pixels N train ...",
+            "them into memory (decompression bombs; default 2**31, 0: no limit; env "
+            "STAINADAPT_MAX_PIXELS). Applies to every command: stainadapt --max-pixels N "
+            "train ... Slide TIFFs that predict streams tile by tile are not held to it: "
+            "their working memory is a few bands of windows.",
             show_default=False,
         ),
     ] = None,
