@@ -22,6 +22,11 @@ def test_demo_quick(tmp_path, monkeypatch):
     dice = [r["dice"] for r in result["rows"]]  # source-only, -longer, Macenko, UDA
     assert result["uda_beats_source_only"] == (dice[-1] > max(dice[0], dice[1]))
     assert result["budget"]["seed"] == 3
+    # every row is also scored on the held-out Masson draw (QUICK: 4 fresh tiles)
+    assert all(r["test_n"] == 4 and 0 <= r["test_dice"] <= 1 for r in result["rows"])
+    test = [r["test_dice"] for r in result["rows"]]
+    assert result["uda_beats_source_only_on_test"] == (test[-1] > max(test[0], test[1]))
+    assert "fresh tiles" in res.output
     for run in ("source-only", "uda"):
         assert "seed = 3" in (out / run / "config.toml").read_text()
         assert (out / run / "model.safetensors").is_file()
