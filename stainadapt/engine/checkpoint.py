@@ -38,6 +38,7 @@ __all__ = [
     "save_model",
     "load_model",
     "read_meta",
+    "read_weights",
     "normalizer_to_meta",
     "normalizer_from_meta",
 ]
@@ -237,6 +238,22 @@ def read_meta(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
+def read_weights(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """G's tensors from a run folder's ``model.safetensors``, on the CPU, no network built.
+
+    For callers that already have the network (``train --init``); :func:`load_model`
+    builds one from ``model.json`` and fills it with these.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = _run_folder(run_dir) / MODEL_WEIGHTS
+    try:
+        return load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{weights}: unreadable safetensors file ({exc})") from None
+
+
 def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
     """Rebuild the network of a run folder: ``(SegmentationNet in eval mode, meta)``.
 
@@ -248,8 +265,6 @@ def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[An
     meta = read_meta(run)
 
     import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     from ..errors import PluginError
     from ..models.unet import SegmentationNet
@@ -270,10 +285,7 @@ def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[An
     except PluginError as exc:
         raise InputError(f"{run / MODEL_META}: {exc}") from exc
     weights = run / MODEL_WEIGHTS
-    try:
-        state = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"{weights}: unreadable safetensors file ({exc})") from None
+    state = read_weights(run)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

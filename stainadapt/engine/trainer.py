@@ -918,14 +918,14 @@ def _init_from_run(model: torch.nn.Module, run: str, backbone: str) -> None:
     discriminator; a finished source-only run *is* that G, so adapting it skips the
     pretraining (the demo and the paper table share one source-only G between methods).
     """
-    from .checkpoint import load_model
+    from .checkpoint import read_meta, read_weights
 
-    loaded, meta = load_model(run)
+    meta = read_meta(run)
     if meta["backbone"] != backbone:
         raise InputError(f"{run}: --init has backbone {meta['backbone']!r}, this run "
                          f"{backbone!r}; give --backbone {meta['backbone']}")
-    try:
-        model.load_state_dict(loaded.state_dict(), strict=True)
+    try:  # straight into this run's network: no second network is built
+        model.load_state_dict(read_weights(run), strict=True)
     except RuntimeError:
         raise InputError(f"{run}: --init weights do not fit this network "
                          "(different decoder channels?)") from None
