@@ -10,7 +10,8 @@ starts both contenders from it (``--init``), so they get the same number of G up
   = Ds) for d0 epochs, then ``adv_epochs`` adversarial epochs on L_full.
 
 All are evaluated on the same held-out Masson validation split (the split the trainer
-makes with the run's seed), together with the source-only model applied to
+makes with the run's seed) and on a fresh Masson draw of ``test_n`` tiles (the next data
+seed, never used in training or selection), together with the source-only model applied to
 Macenko-normalised Masson images (fitted to a PASM training image), the paper's
 stain-normalisation baseline. The budget fits in under 10 minutes on 2 CPU cores;
 ``quick`` shrinks everything to well under a minute for CI.
