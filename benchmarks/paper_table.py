@@ -585,6 +585,7 @@ def run_one(method: Method, seed: int, budget: Budget, data: Data, out: Path, de
         "id": method.id, "seed": seed, "paper": method.paper, "tables": method.tables,
         "mode": method.mode, "budget": asdict(budget), "data": data.command,
         "date": _now(), "uid": uuid.uuid4().hex, "host": _host(device),
+        "threads": _threads(),
         "eval_images": {k: len(v) for k, v in sets.names.items()},
     }
     t0 = time.perf_counter()
@@ -695,55 +696,182 @@ def plan_methods(only: str | None) -> list[Method]:
     return ordered
 
 
+def run_task(method: Method, seed: int, args: argparse.Namespace, budget: Budget, data: Data,
+             out: Path, sets_cache: dict[int, EvalSets]) -> tuple[str, list[str]]:
+    """One (method, seed): skip it, train or evaluate it, or record its failure.
+
+    Returns the outcome (``trained``, ``evaluated``, ``skipped`` or ``failed``) and the
+    lines to print after its tag. A failure is written to its result JSON and retried by
+    the next invocation; Ctrl-C propagates (the trainer has saved a resumable state).
+    """
+    path = result_path(out, method.id, seed)
+    lines: list[str] = []
+    try:
+        expected = expected_config(method, budget, seed, data, out, args.device)
+        dep = method.depends_on
+        dep_rec = _read_json(result_path(out, dep, seed)) if dep else None
+        if dep is not None and run_identity(dep_rec) is None:
+            raise RuntimeError(f"{dep} seed {seed}, which it "
+                               f"{'evaluates' if method.base else 'starts from'}, "
+                               "has no result (failed?)")
+        done, why = is_done(_read_json(path), expected,
+                            dep_rec if method.base else None, budget)
+        if done:
+            return "skipped", [f"skip (result exists: {path})"]
+        if why != "new":
+            lines.append(why)
+        if seed not in sets_cache:
+            sets_cache[seed] = EvalSets(data, seed, budget.val_fraction)
+        record = run_one(method, seed, budget, data, out, args.device, sets_cache[seed],
+                         args.keep_state, args.verbose)
+        _write_json(path, record)
+        lines.append(f"{record['seconds']:.1f} s (train {record['train_seconds']:.1f} s) "
+                     f"Masson Dice {record['T'].get('dice', float('nan')):.4f}, "
+                     f"PASM Dice {record['S'].get('dice', float('nan')):.4f}")
+        return ("evaluated" if method.mode == "eval" else "trained"), lines
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - record it, go on with the other runs
+        _write_json(path, {"id": method.id, "seed": seed, "status": "error",
+                           "error": f"{type(exc).__name__}: {exc}", "date": _now(),
+                           "budget": asdict(budget)})
+        return "failed", [*lines, f"FAILED: {type(exc).__name__}: {exc}"]
+
+
 def run_all(args: argparse.Namespace, budget: Budget, out: Path) -> dict[str, Any]:
     seeds = list(range(args.seeds if args.seeds is not None else budget.seeds))
     methods = plan_methods(args.only)
     data = ensure_data(budget, out)
     plan = [(m, s) for s in seeds for m in methods]
+    if args.jobs > 1:
+        return run_parallel(args, budget, out, plan)
     started = time.perf_counter()
     counts = {"trained": 0, "evaluated": 0, "skipped": 0, "failed": 0}
     sets_cache: dict[int, EvalSets] = {}
     width = len(str(len(plan)))
     for i, (method, seed) in enumerate(plan, 1):
         tag = f"[{i:>{width}}/{len(plan)}] {method.id} seed {seed}"
-        path = result_path(out, method.id, seed)
         try:
-            expected = expected_config(method, budget, seed, data, out, args.device)
-            dep = method.depends_on
-            dep_rec = _read_json(result_path(out, dep, seed)) if dep else None
-            if dep is not None and run_identity(dep_rec) is None:
-                raise RuntimeError(f"{dep} seed {seed}, which it "
-                                   f"{'evaluates' if method.base else 'starts from'}, "
-                                   "has no result (failed?)")
-            done, why = is_done(_read_json(path), expected,
-                                dep_rec if method.base else None, budget)
-            if done:
-                counts["skipped"] += 1
-                print(f"{tag}: skip (result exists: {path})", flush=True)
-                continue
-            if why != "new":
-                print(f"{tag}: {why}", flush=True)
-            if seed not in sets_cache:
-                sets_cache[seed] = EvalSets(data, seed, budget.val_fraction)
-            record = run_one(method, seed, budget, data, out, args.device, sets_cache[seed],
-                             args.keep_state, args.verbose)
-            _write_json(path, record)
-            counts["evaluated" if method.mode == "eval" else "trained"] += 1
-            print(f"{tag}: {record['seconds']:.1f} s (train {record['train_seconds']:.1f} s) "
-                  f"Masson Dice {record['T'].get('dice', float('nan')):.4f}, "
-                  f"PASM Dice {record['S'].get('dice', float('nan')):.4f}; "
-                  f"elapsed {_clock(time.perf_counter() - started)}", flush=True)
+            outcome, lines = run_task(method, seed, args, budget, data, out, sets_cache)
         except KeyboardInterrupt:
             print(f"{tag}: interrupted; run the same command again to continue", flush=True)
             raise
-        except Exception as exc:  # noqa: BLE001 - record it, go on with the other runs
-            counts["failed"] += 1
-            _write_json(path, {"id": method.id, "seed": seed, "status": "error",
-                               "error": f"{type(exc).__name__}: {exc}", "date": _now(),
-                               "budget": asdict(budget)})
-            print(f"{tag}: FAILED: {type(exc).__name__}: {exc}", flush=True)
+        counts[outcome] += 1
+        elapsed = "" if outcome == "skipped" else \
+            f"; elapsed {_clock(time.perf_counter() - started)}"
+        for j, line in enumerate(lines):
+            print(f"{tag}: {line}{elapsed if j == len(lines) - 1 else ''}", flush=True)
     return {"seeds": seeds, "methods": [m.id for m in methods], "counts": counts,
-            "wall_seconds": round(time.perf_counter() - started, 1)}
+            "wall_seconds": round(time.perf_counter() - started, 1), "jobs": 1}
+
+
+TASK_LINE = "paper-table-task "  # how a --task child reports its outcome to the parent
+
+
+def _child_command(args: argparse.Namespace, budget_name: str, out: Path, method: Method,
+                   seed: int) -> list[str]:
+    """The ``--task`` command line that runs one (method, seed) as the parent would."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--budget", budget_name,
+           "--out", str(out), "--device", args.device, "--task", f"{method.id}:{seed}"]
+    for item in args.overrides:
+        cmd += ["--set", item]
+    if args.keep_state:
+        cmd.append("--keep-state")
+    if args.verbose:
+        cmd.append("--verbose")
+    return cmd
+
+
+def run_parallel(args: argparse.Namespace, budget: Budget, out: Path,
+                 plan: list[tuple[Method, int]]) -> dict[str, Any]:
+    """``--jobs N``: up to N (method, seed) runs at once, each its own process.
+
+    Why processes: on a few CPU cores, small convolutions at batch 4 use threads poorly;
+    two one-thread trainings finish ~1.5x sooner than one after the other with two threads
+    each (benchmarks/RESULTS.md). Each child gets ``cores // N`` threads
+    (``OMP_NUM_THREADS``) and writes its output to ``OUT/logs/ID-seedK.log``. A run
+    starts once the run it depends on (same seed) has finished in this invocation, so the
+    order, skipping, staleness and resuming are exactly those of the serial loop (the
+    child runs the same :func:`run_task`). Results differ from a serial run by the
+    thread count only (CPU kernels are deterministic per thread count).
+    """
+    started = time.perf_counter()
+    counts = {"trained": 0, "evaluated": 0, "skipped": 0, "failed": 0}
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    width = len(str(len(plan)))
+    index = {(m.id, s): i for i, (m, s) in enumerate(plan, 1)}
+    pending = list(plan)
+    running: dict[tuple[str, int], tuple[subprocess.Popen, Path]] = {}
+    print(f"{args.jobs} runs at a time, {threads} thread(s) each; logs in {logs}", flush=True)
+
+    def ready(method: Method, seed: int) -> bool:
+        dep = method.depends_on
+        return dep is None or ((dep, seed) not in running
+                               and all((m.id, s) != (dep, seed) for m, s in pending))
+
+    def finish(key: tuple[str, int], proc: subprocess.Popen, log: Path) -> None:
+        tag = f"[{index[key]:>{width}}/{len(plan)}] {key[0]} seed {key[1]}"
+        report = None
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith(TASK_LINE):
+                report = json.loads(line[len(TASK_LINE):])
+        if report is None:  # killed (memory?) or crashed before reporting
+            _write_json(result_path(out, key[0], key[1]), {
+                "id": key[0], "seed": key[1], "status": "error", "date": _now(),
+                "error": f"its process exited with code {proc.returncode}; see {log}",
+                "budget": asdict(budget)})
+            report = {"outcome": "failed",
+                      "lines": [f"FAILED: exit code {proc.returncode}; see {log}"]}
+        counts[report["outcome"]] += 1
+        lines = report["lines"] or [""]
+        elapsed = "" if report["outcome"] == "skipped" else \
+            f"; elapsed {_clock(time.perf_counter() - started)}"
+        for j, line in enumerate(lines):
+            print(f"{tag}: {line}{elapsed if j == len(lines) - 1 else ''}", flush=True)
+
+    try:
+        while pending or running:
+            for method, seed in list(pending):
+                if len(running) >= args.jobs:
+                    break
+                if ready(method, seed):
+                    pending.remove((method, seed))
+                    log = logs / f"{method.id}-seed{seed}.log"
+                    with open(log, "w", encoding="utf-8") as fh:
+                        proc = subprocess.Popen(
+                            _child_command(args, budget.name, out, method, seed), env=env,
+                            stdout=fh, stderr=subprocess.STDOUT, cwd=os.getcwd())
+                    running[(method.id, seed)] = (proc, log)
+            for key, (proc, log) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[key]
+                    finish(key, proc, log)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for proc, _ in running.values():  # each child saves its resumable state first
+            proc.wait()
+        print("interrupted; run the same command again to continue", flush=True)
+        raise
+    return {"seeds": sorted({s for _, s in plan}), "methods": list(dict.fromkeys(
+        m.id for m, _ in plan)), "counts": counts,
+        "wall_seconds": round(time.perf_counter() - started, 1), "jobs": args.jobs}
+
+
+def run_child(args: argparse.Namespace, budget: Budget, out: Path) -> int:
+    """``--task ID:SEED`` (used by ``--jobs``): run one task, report it on one line."""
+    mid, _, seed = args.task.partition(":")
+    if mid not in BY_ID or not seed.isdigit():
+        raise SystemExit(f"--task wants METHOD:SEED with a known method, got {args.task!r}")
+    data = ensure_data(budget, out)
+    try:
+        outcome, lines = run_task(BY_ID[mid], int(seed), args, budget, data, out, {})
+    except KeyboardInterrupt:
+        return 130
+    print(TASK_LINE + json.dumps({"outcome": outcome, "lines": lines}), flush=True)
+    return 0
 
 
 # --------------------------------------------------------------------------- rendering
@@ -874,12 +1002,13 @@ def render_markdown(out: Path, results: list[dict[str, Any]], invocations: list[
         lines += [f"- Command: `{last['command']}`",
                   f"- Date (UTC): {last['finished']}; budget `{last['budget']}`; "
                   f"this invocation's wall time {_clock(last['wall_seconds'])} "
-                  f"({last['counts']})"]
+                  f"({last['counts']}; {last.get('jobs', 1)} run(s) at a time)"]
         if len(invocations) > 1:
             lines.append(f"- Earlier invocations into the same folder: {len(invocations) - 1} "
                          "(listed under *Runs*)")
     total = sum(r.get("seconds", 0.0) for r in ok)
-    hosts = sorted({r.get("host", "?") for r in ok})
+    hosts = sorted({r.get("host", "?") + (f", {r['threads']} thread(s)" if "threads" in r
+                                          else "") for r in ok})
     lines += [
         f"- Compute: {len(ok)} results, {_clock(total)} of training + evaluation summed over "
         f"runs; seeds {', '.join(map(str, seeds)) or '–'}; on {'; '.join(hosts) or '–'}",
@@ -1153,6 +1282,13 @@ def _host(device: str) -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
 
 
+def _threads() -> int:
+    """CPU threads of this process's kernels: CPU results depend on it (RESULTS.md)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _read_invocations(out: Path) -> list[dict[str, Any]]:
     path = out / "invocations.jsonl"
     if not path.is_file():
@@ -1231,6 +1367,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-state", action="store_true",
                    help="keep each run's state.pt (deleted by default once the result is in)")
     p.add_argument("--verbose", action="store_true", help="the trainer's own summary per run")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each its own process with cores/JOBS threads "
+                        "(2 on a 2-core CPU: ~1.5x sooner than 1)")
+    p.add_argument("--task", default=None, help=argparse.SUPPRESS)  # a --jobs child
     p.add_argument("--list", action="store_true",
                    help="print the budget and every method's resolved configuration (JSON)")
     args = p.parse_args(argv)
@@ -1238,6 +1378,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.budget = "quick"
     if args.seeds is not None and args.seeds < 1:
         p.error("--seeds must be >= 1")
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     return args
 
 
@@ -1248,6 +1390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(methods_listing(budget))
         return 0
     out = args.out or Path("runs") / f"paper-table-{budget.name}"
+    if args.task is not None:
+        return run_child(args, budget, out)
     png = args.png or args.md.with_name("paper_table.png")
     command = "python benchmarks/paper_table.py " + shlex.join(
         list(sys.argv[1:] if argv is None else argv))

@@ -317,3 +317,35 @@ def test_adv_loss_does_not_make_runs_without_a_discriminator_stale(pt):
     assert pt._comparable(plain) == pt._comparable({**plain, "adv_loss": "flip"})
     adv = {"mode": "uda", "discs": ["shape"], "adv_loss": "minimax", "lr": 1e-3}
     assert pt._comparable(adv) != pt._comparable({**adv, "adv_loss": "flip"})
+
+
+def test_jobs_runs_tasks_in_processes_after_their_dependency(pt, tmp_path, capsys):
+    """--jobs 2: each run in its own process, a dependent run only after its init run."""
+    out, md = tmp_path / "out", tmp_path / "TABLE.md"
+    argv = ["--budget", "tiny", "--only", "macenko,uda-sed", "--seeds", "1", "--out", str(out),
+            "--md", str(md), "--device", "cpu", "--jobs", "2"]
+    assert pt.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "2 runs at a time" in text
+    source = json.loads((out / "results" / "source-only-seed0.json").read_text())
+    uda = json.loads((out / "results" / "uda-sed-seed0.json").read_text())
+    macenko = json.loads((out / "results" / "macenko-seed0.json").read_text())
+    assert source["status"] == uda["status"] == macenko["status"] == "ok"
+    assert uda["config"]["init_run"] == source["uid"]  # started from the finished G
+    assert macenko["config"]["base_run"] == source["uid"]
+    assert source["threads"] >= 1
+    for mid in ("source-only", "macenko", "uda-sed"):
+        assert (out / "logs" / f"{mid}-seed0.log").is_file()
+        assert f"{mid} seed 0: " in text
+    assert text.index("source-only seed 0: ") < text.index("uda-sed seed 0: ")
+    last = json.loads((out / "invocations.jsonl").read_text().splitlines()[-1])
+    assert last["jobs"] == 2 and last["counts"]["trained"] == 2
+    assert "2 run(s) at a time" in md.read_text()
+    # the same command again: every task is skipped by its child
+    assert pt.main(argv) == 0
+    assert capsys.readouterr().out.count(": skip (result exists") == 3
+
+
+def test_task_child_refuses_a_bad_spec(pt, tmp_path):
+    with pytest.raises(SystemExit, match="METHOD:SEED"):
+        pt.main(["--budget", "tiny", "--out", str(tmp_path), "--task", "nope:0"])
