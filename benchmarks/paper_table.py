@@ -765,6 +765,22 @@ def run_all(args: argparse.Namespace, budget: Budget, out: Path) -> dict[str, An
             "wall_seconds": round(time.perf_counter() - started, 1), "jobs": 1}
 
 
+def default_jobs(device: str) -> int:
+    """1 on a GPU (one run fills it); on a CPU one run per core, at most 8 (memory).
+
+    On 2 cores, two one-thread runs at once finished the demo's trainings ~1.5x sooner
+    than one two-thread run after the other (benchmarks/RESULTS.md).
+    """
+    try:
+        from stainadapt.engine.trainer import resolve_device
+
+        if resolve_device(device).type != "cpu":
+            return 1
+    except Exception:  # noqa: BLE001 - a bad --device fails in the runs, with its message
+        return 1
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 TASK_LINE = "paper-table-task "  # how a --task child reports its outcome to the parent
 
 
@@ -1367,9 +1383,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-state", action="store_true",
                    help="keep each run's state.pt (deleted by default once the result is in)")
     p.add_argument("--verbose", action="store_true", help="the trainer's own summary per run")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=int, default=None,
                    help="runs at a time, each its own process with cores/JOBS threads "
-                        "(2 on a 2-core CPU: ~1.5x sooner than 1)")
+                        "(default: on a GPU 1; on a CPU one per core, at most 8)")
     p.add_argument("--task", default=None, help=argparse.SUPPRESS)  # a --jobs child
     p.add_argument("--list", action="store_true",
                    help="print the budget and every method's resolved configuration (JSON)")
@@ -1378,7 +1394,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.budget = "quick"
     if args.seeds is not None and args.seeds < 1:
         p.error("--seeds must be >= 1")
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         p.error("--jobs must be >= 1")
     return args
 
@@ -1392,6 +1408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("runs") / f"paper-table-{budget.name}"
     if args.task is not None:
         return run_child(args, budget, out)
+    if args.jobs is None:
+        args.jobs = default_jobs(args.device)
     png = args.png or args.md.with_name("paper_table.png")
     command = "python benchmarks/paper_table.py " + shlex.join(
         list(sys.argv[1:] if argv is None else argv))

@@ -209,7 +209,8 @@ def test_tiny_table_end_to_end_and_resume(pt, tmp_path, capsys):
     out, md = tmp_path / "out", tmp_path / "md" / "TABLE.md"
     # source-only is not named: --only adds it, as the run the others depend on
     argv = ["--budget", "tiny", "--only", "macenko,uda-sed,sda-sed",
-            "--seeds", "1", "--out", str(out), "--md", str(md), "--device", "cpu"]
+            "--seeds", "1", "--out", str(out), "--md", str(md), "--device", "cpu",
+            "--jobs", "1"]  # the serial loop; --jobs 2 has its own test
     assert pt.main(argv) == 0
     first = capsys.readouterr().out
     ids = ("source-only", "macenko", "uda-sed", "sda-sed")
@@ -349,3 +350,10 @@ def test_jobs_runs_tasks_in_processes_after_their_dependency(pt, tmp_path, capsy
 def test_task_child_refuses_a_bad_spec(pt, tmp_path):
     with pytest.raises(SystemExit, match="METHOD:SEED"):
         pt.main(["--budget", "tiny", "--out", str(tmp_path), "--task", "nope:0"])
+
+
+def test_default_jobs(pt):
+    import os
+
+    assert pt.default_jobs("cpu") == max(1, min(8, os.cpu_count() or 1))
+    assert pt.default_jobs("not-a-device") == 1  # the runs report the bad device
