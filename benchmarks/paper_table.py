@@ -178,8 +178,8 @@ def _demo_recipe() -> Any:
 
 # The lead tunes the recipe in stainadapt/engine/demo.py (demo.FULL) or here; `--set`
 # overrides one invocation. QUICK is demo.FULL as it is (s0 25, d0 2, adv 12 epochs of 10
-# steps, flip loss) so the table measures what the demo measures: 17 trained runs, about
-# 40 min on 2 CPU cores (the source G once, then 12 adaptations of 14 epochs each).
+# steps, flip loss) so the table measures what the demo measures: 17 trained runs, 29 min
+# on 2 CPU cores with two at a time (the source G once, then 12 adaptations of 14 epochs).
 QUICK = Budget.from_demo(_demo_recipe(), "quick", seeds=1)
 # FULL: for a GPU. resnet34, 256 px crops of 100 tiles of 512 px per stain, the paper's
 # schedule (s0 50, d0 10, adv 100) scaled by 0.4, len(S train) // 4 = 20 steps an epoch.
@@ -861,6 +861,10 @@ def run_parallel(args: argparse.Namespace, budget: Budget, out: Path,
                             _child_command(args, budget.name, out, method, seed), env=env,
                             stdout=fh, stderr=subprocess.STDOUT, cwd=os.getcwd())
                     running[(method.id, seed)] = (proc, log)
+                    key = (method.id, seed)
+                    print(f"[{index[key]:>{width}}/{len(plan)}] {method.id} seed {seed}: "
+                          f"started; elapsed {_clock(time.perf_counter() - started)}",
+                          flush=True)
             for key, (proc, log) in list(running.items()):
                 if proc.poll() is not None:
                     del running[key]

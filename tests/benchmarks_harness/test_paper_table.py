@@ -338,7 +338,11 @@ def test_jobs_runs_tasks_in_processes_after_their_dependency(pt, tmp_path, capsy
     for mid in ("source-only", "macenko", "uda-sed"):
         assert (out / "logs" / f"{mid}-seed0.log").is_file()
         assert f"{mid} seed 0: " in text
-    assert text.index("source-only seed 0: ") < text.index("uda-sed seed 0: ")
+    # uda-sed starts only once source-only has reported its result
+    lines = text.splitlines()
+    done = next(i for i, x in enumerate(lines) if "source-only seed 0: " in x and "Dice" in x)
+    start = next(i for i, x in enumerate(lines) if "uda-sed seed 0: started" in x)
+    assert done < start
     last = json.loads((out / "invocations.jsonl").read_text().splitlines()[-1])
     assert last["jobs"] == 2 and last["counts"]["trained"] == 2
     assert "2 run(s) at a time" in md.read_text()
