@@ -1,6 +1,7 @@
 """Reproduce the paper's Tables 1 and 2 on the synthetic stains (issue 11).
 
-    python benchmarks/paper_table.py --quick                 # ~40 min on 2 CPU cores, 1 seed
+    python benchmarks/paper_table.py --quick                 # ~30 min on 2 CPU cores, 1 seed
+    python benchmarks/paper_table.py --quick --jobs 1        # one run at a time (~55 min)
     python benchmarks/paper_table.py --seeds 3               # FULL budget (meant for a GPU)
     python benchmarks/paper_table.py --quick --only source-only,uda-sed --set alpha_e=0.03
     python benchmarks/paper_table.py --quick --render-only   # tables + chart from the JSONs
