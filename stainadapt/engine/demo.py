@@ -212,9 +212,18 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
         "data": str(data),
         "out": str(out),
         "quick": quick,
+        # CPU results depend on it (floating-point summation order): the same seed with
+        # 1 and 2 threads differed by up to 0.03 Dice here (benchmarks/RESULTS.md)
+        "torch_threads": _torch_threads(),
     }
     atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _remove_old_run(run: Path, console: Any) -> None:

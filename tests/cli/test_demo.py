@@ -22,6 +22,9 @@ def test_demo_quick(tmp_path, monkeypatch):
     dice = [r["dice"] for r in result["rows"]]  # source-only, -longer, Macenko, UDA
     assert result["uda_beats_source_only"] == (dice[-1] > max(dice[0], dice[1]))
     assert result["budget"]["seed"] == 3
+    import torch
+
+    assert result["torch_threads"] == torch.get_num_threads()  # results depend on it
     # every row is also scored on the held-out Masson draw (QUICK: 4 fresh tiles)
     assert all(r["test_n"] == 4 and 0 <= r["test_dice"] <= 1 for r in result["rows"])
     test = [r["test_dice"] for r in result["rows"]]
