@@ -733,10 +733,34 @@ def run_task(method: Method, seed: int, args: argparse.Namespace, budget: Budget
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - record it, go on with the other runs
-        _write_json(path, {"id": method.id, "seed": seed, "status": "error",
-                           "error": f"{type(exc).__name__}: {exc}", "date": _now(),
-                           "budget": asdict(budget)})
+        _write_error(out, method.id, seed, budget, f"{type(exc).__name__}: {exc}")
         return "failed", [*lines, f"FAILED: {type(exc).__name__}: {exc}"]
+
+
+def _write_error(out: Path, method_id: str, seed: int, budget: Budget, error: str) -> None:
+    """The result JSON of a failed run: the next invocation retries it."""
+    _write_json(result_path(out, method_id, seed), {
+        "id": method_id, "seed": seed, "status": "error", "error": error, "date": _now(),
+        "budget": asdict(budget)})
+
+
+def _tag(plan: list[tuple[Method, int]], i: int) -> str:
+    """``[ i/N] id seed k``: how a run's lines start (i counts from 1 in plan order)."""
+    method, seed = plan[i - 1]
+    return f"[{i:>{len(str(len(plan)))}}/{len(plan)}] {method.id} seed {seed}"
+
+
+def _print_outcome(tag: str, outcome: str, lines: list[str], started: float) -> None:
+    """A run's lines after its tag, the last with the invocation's elapsed time."""
+    lines = lines or [""]
+    elapsed = "" if outcome == "skipped" else \
+        f"; elapsed {_clock(time.perf_counter() - started)}"
+    for j, line in enumerate(lines):
+        print(f"{tag}: {line}{elapsed if j == len(lines) - 1 else ''}", flush=True)
+
+
+def _new_counts() -> dict[str, int]:
+    return {"trained": 0, "evaluated": 0, "skipped": 0, "failed": 0}
 
 
 def run_all(args: argparse.Namespace, budget: Budget, out: Path) -> dict[str, Any]:
@@ -747,21 +771,17 @@ def run_all(args: argparse.Namespace, budget: Budget, out: Path) -> dict[str, An
     if args.jobs > 1:
         return run_parallel(args, budget, out, plan)
     started = time.perf_counter()
-    counts = {"trained": 0, "evaluated": 0, "skipped": 0, "failed": 0}
+    counts = _new_counts()
     sets_cache: dict[int, EvalSets] = {}
-    width = len(str(len(plan)))
     for i, (method, seed) in enumerate(plan, 1):
-        tag = f"[{i:>{width}}/{len(plan)}] {method.id} seed {seed}"
+        tag = _tag(plan, i)
         try:
             outcome, lines = run_task(method, seed, args, budget, data, out, sets_cache)
         except KeyboardInterrupt:
             print(f"{tag}: interrupted; run the same command again to continue", flush=True)
             raise
         counts[outcome] += 1
-        elapsed = "" if outcome == "skipped" else \
-            f"; elapsed {_clock(time.perf_counter() - started)}"
-        for j, line in enumerate(lines):
-            print(f"{tag}: {line}{elapsed if j == len(lines) - 1 else ''}", flush=True)
+        _print_outcome(tag, outcome, lines, started)
     return {"seeds": seeds, "methods": [m.id for m in methods], "counts": counts,
             "wall_seconds": round(time.perf_counter() - started, 1), "jobs": 1}
 
@@ -813,12 +833,11 @@ def run_parallel(args: argparse.Namespace, budget: Budget, out: Path,
     thread count only (CPU kernels are deterministic per thread count).
     """
     started = time.perf_counter()
-    counts = {"trained": 0, "evaluated": 0, "skipped": 0, "failed": 0}
+    counts = _new_counts()
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    width = len(str(len(plan)))
     index = {(m.id, s): i for i, (m, s) in enumerate(plan, 1)}
     pending = list(plan)
     running: dict[tuple[str, int], tuple[subprocess.Popen, Path]] = {}
@@ -830,24 +849,17 @@ def run_parallel(args: argparse.Namespace, budget: Budget, out: Path,
                                and all((m.id, s) != (dep, seed) for m, s in pending))
 
     def finish(key: tuple[str, int], proc: subprocess.Popen, log: Path) -> None:
-        tag = f"[{index[key]:>{width}}/{len(plan)}] {key[0]} seed {key[1]}"
         report = None
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
             if line.startswith(TASK_LINE):
                 report = json.loads(line[len(TASK_LINE):])
         if report is None:  # killed (memory?) or crashed before reporting
-            _write_json(result_path(out, key[0], key[1]), {
-                "id": key[0], "seed": key[1], "status": "error", "date": _now(),
-                "error": f"its process exited with code {proc.returncode}; see {log}",
-                "budget": asdict(budget)})
+            _write_error(out, key[0], key[1], budget,
+                         f"its process exited with code {proc.returncode}; see {log}")
             report = {"outcome": "failed",
                       "lines": [f"FAILED: exit code {proc.returncode}; see {log}"]}
         counts[report["outcome"]] += 1
-        lines = report["lines"] or [""]
-        elapsed = "" if report["outcome"] == "skipped" else \
-            f"; elapsed {_clock(time.perf_counter() - started)}"
-        for j, line in enumerate(lines):
-            print(f"{tag}: {line}{elapsed if j == len(lines) - 1 else ''}", flush=True)
+        _print_outcome(_tag(plan, index[key]), report["outcome"], report["lines"], started)
 
     try:
         while pending or running:
@@ -861,11 +873,10 @@ def run_parallel(args: argparse.Namespace, budget: Budget, out: Path,
                         proc = subprocess.Popen(
                             _child_command(args, budget.name, out, method, seed), env=env,
                             stdout=fh, stderr=subprocess.STDOUT, cwd=os.getcwd())
-                    running[(method.id, seed)] = (proc, log)
                     key = (method.id, seed)
-                    print(f"[{index[key]:>{width}}/{len(plan)}] {method.id} seed {seed}: "
-                          f"started; elapsed {_clock(time.perf_counter() - started)}",
-                          flush=True)
+                    running[key] = (proc, log)
+                    print(f"{_tag(plan, index[key])}: started; elapsed "
+                          f"{_clock(time.perf_counter() - started)}", flush=True)
             for key, (proc, log) in list(running.items()):
                 if proc.poll() is not None:
                     del running[key]
