@@ -83,6 +83,9 @@ class TrainConfig:
     select: str | None = None  # None: target in sda, last in uda, source in source-only
     augment: bool = True
     stain_jitter: float = 0.0
+    # blur, noise and lower contrast per image (data/augment.py acquisition_jitter); with
+    # ``augment`` only. 1.0 since session 6: benchmarks/RESULTS.md "Acquisition jitter".
+    acquisition_jitter: float = 1.0
     normalize: str | None = None
     reference: str | None = None
     threshold: float = 0.5
@@ -134,6 +137,10 @@ class TrainConfig:
         for name in ("divergence_steps", "max_rollbacks"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("stain_jitter", "acquisition_jitter"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(f"{name} must be >= 0 (0: off), got {value}")
         if not (math.isfinite(self.ema) and 0 <= self.ema < 1):
             raise InputError(f"ema must be in [0, 1) (0: off), got {self.ema}")
         if not (math.isfinite(self.rollback_lr_factor) and 0 < self.rollback_lr_factor <= 1):

@@ -86,6 +86,9 @@ def train(
         rich_help_panel=_OPT)] = None,
     stain_jitter: Annotated[float | None, typer.Option(
         help="Stain jitter strength in OD space (0: off).", rich_help_panel=_DATA)] = None,
+    acquisition_jitter: Annotated[float | None, typer.Option(
+        help="Blur, noise and contrast jitter strength (scanner variation; 1.0 default, "
+        "0: off).", rich_help_panel=_DATA)] = None,
     normalize: Annotated[str | None, typer.Option(
         help="Normaliser spec applied to every input before G (e.g. macenko).",
         rich_help_panel=_DATA)] = None,
@@ -113,7 +116,8 @@ def train(
         "image_size": image_size, "val_fraction": val_fraction, "seed": seed,
         "device": device, "amp": amp, "workers": workers, "sync_bn": sync_bn,
         "select": select,
-        "augment": augment, "stain_jitter": stain_jitter, "normalize": normalize,
+        "augment": augment, "stain_jitter": stain_jitter,
+        "acquisition_jitter": acquisition_jitter, "normalize": normalize,
         "reference": reference, "threshold": threshold, "samples": samples,
     }
 

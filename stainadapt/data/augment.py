@@ -8,10 +8,12 @@ stain jitter (:class:`StainJitter`) runs first, on the image only.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-__all__ = ["Augment", "StainJitter", "HED_MATRIX"]
+__all__ = ["Augment", "StainJitter", "HED_MATRIX", "acquisition_jitter"]
 
 # Ruifrok & Johnston (2001) haematoxylin, eosin and DAB optical-density vectors (rows),
 # the basis used for colour deconvolution by scikit-image's ``rgb2hed``.
@@ -64,6 +66,31 @@ class StainJitter(nn.Module):
         return torch.pow(10.0, -od).clamp(0, 1).to(dtype)
 
 
+def acquisition_jitter(strength: float = 1.0) -> list[nn.Module]:
+    """Scanner and optics variation: lower contrast, optical blur, sensor noise.
+
+    Two stains are also two acquisitions: on the synthetic data Masson is rendered with a
+    quarter less contrast, twice the blur and three times the noise of PASM (real slides
+    differ the same way between labs and scanners). A G trained without these cues
+    varying treats them as evidence; the domain discriminators then tell S from T by them
+    alone (accuracy 0.95-1.0, benchmarks/RESULTS.md, session 6) and their gradient says
+    nothing about the stain. nnU-Net's default pipeline randomises the same three things.
+    ``strength`` 1 (per image): contrast x U(0.7, 1) with p 0.3, Gaussian blur sigma
+    U(0.1, 1.0) px with p 0.5, additive Gaussian noise std 0.02 (about 5 grey levels)
+    with p 0.5; the ranges scale with ``strength``.
+    """
+    import kornia.augmentation as K
+
+    s = float(strength)
+    sigma = max(0.1, 1.0 * s)
+    kernel = 2 * math.ceil(2.5 * sigma) + 1  # +-2.5 sigma: the Gaussian's mass
+    return [
+        K.RandomContrast(contrast=(max(0.0, 1 - 0.3 * s), 1.0), p=0.3),
+        K.RandomGaussianBlur(kernel_size=(kernel, kernel), sigma=(0.1, sigma), p=0.5),
+        K.RandomGaussianNoise(mean=0.0, std=0.02 * s, p=0.5),
+    ]
+
+
 class Augment(nn.Module):
     """Geometric (image + mask) and photometric (image) augmentation for a batch.
 
@@ -82,6 +109,7 @@ class Augment(nn.Module):
         brightness: float = 0.1,
         contrast: float = 0.1,
         stain_jitter: float = 0.0,
+        acquisition: float = 0.0,
     ) -> None:
         super().__init__()
         import kornia.augmentation as K
@@ -109,6 +137,10 @@ class Augment(nn.Module):
             photo.append(K.RandomBrightness(brightness=(1 - brightness, 1 + brightness), p=0.8))
         if contrast > 0:
             photo.append(K.RandomContrast(contrast=(1 - contrast, 1 + contrast), p=0.8))
+        if acquisition < 0:
+            raise ValueError("acquisition jitter strength must be >= 0")
+        if acquisition > 0:
+            photo += acquisition_jitter(acquisition)
         self.photometric = nn.Sequential(*photo)
         self.stain = StainJitter(stain_jitter) if stain_jitter > 0 else None
 

@@ -392,7 +392,8 @@ class Trainer:
         from ..data.augment import Augment, StainJitter
 
         if self.cfg.augment:
-            return Augment(stain_jitter=self.cfg.stain_jitter).to(self.device)
+            return Augment(stain_jitter=self.cfg.stain_jitter,
+                           acquisition=self.cfg.acquisition_jitter).to(self.device)
         if self.cfg.stain_jitter > 0:
             return StainJitter(self.cfg.stain_jitter).to(self.device)
         return None
@@ -1051,6 +1052,8 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, console
     if not (run / CONFIG_FILE).is_file():
         raise InputError(f"{run}: no {CONFIG_FILE}; is this a stainadapt run folder?")
     values = load_toml(run / CONFIG_FILE)
+    # runs written before the field existed trained without it (the default is now 1.0)
+    values.setdefault("acquisition_jitter", 0.0)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key in FROZEN_ON_RESUME:
         if key in given and given[key] != values.get(key):

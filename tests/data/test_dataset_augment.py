@@ -101,3 +101,21 @@ def test_stain_jitter(device):
     assert torch.equal(StainJitter(0.1).eval()(img), img)
     with pytest.raises(ValueError):
         StainJitter(-1)
+
+
+def test_acquisition_jitter_blurs_and_adds_noise_to_the_image_only(device):
+    torch.manual_seed(0)
+    img = torch.full((32, 3, 32, 32), 0.2, device=device)
+    img[..., 8:24, 8:24] = 0.8  # a sharp square: blur leaves values between 0.2 and 0.8
+    mask = (img[:, :1] > 0.5).float()
+    plain = dict(flips=False, rot90=False, affine=False, brightness=0, contrast=0)
+    same, _ = Augment(**plain).train()(img, mask)
+    assert torch.equal(same, img)  # acquisition=0 (the class default): nothing added
+    out, m = Augment(**plain, acquisition=1.0).train()(img, mask)
+    assert torch.equal(m, mask) and out.min() >= 0 and out.max() <= 1
+    changed = (out - img).abs().flatten(1).amax(1) > 1e-3
+    assert 0 < int(changed.sum()) < 32  # per image, each part with its probability
+    edge = out[:, :, 16, 6:10]  # across the square's left edge
+    assert ((edge > 0.3) & (edge < 0.7)).any()  # blurred or dimmed somewhere
+    with pytest.raises(ValueError, match=">= 0"):
+        Augment(acquisition=-1.0)

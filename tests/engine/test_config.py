@@ -60,6 +60,8 @@ def test_flags_override_file(tmp_path):
         ({"source": "s", "mode": "source-only", "image_size": 100}, "multiple of 32"),
         ({"source": "s", "mode": "source-only", "select": "best"}, "select 'best'"),
         ({"source": "s", "mode": "source-only", "normalize": "macenko"}, "go together"),
+        ({"source": "s", "mode": "source-only", "acquisition_jitter": -1.0},
+         "acquisition_jitter must be >= 0"),
     ],
 )
 def test_validation_errors(values, match):
