@@ -55,23 +55,28 @@ class DemoBudget:
     # validation split is 10 images, and its Dice moves by ~0.1 with the draw alone.
     test_n: int = 64
     seed: int = 0
-    select: str = "source"  # the same rule for both runs; source labels only
+    # The same rule for every run, no target labels. Not "source": with acquisition
+    # jitter the PASM validation Dice saturates (0.96-0.98) within a few epochs while the
+    # Masson Dice keeps rising (0.1 -> 0.6 over s0), so the best PASM epoch is an early,
+    # arbitrary one (session 6: epoch 11 of 25 at Masson 0.21, the last at 0.60).
+    select: str = "last"
 
 
-# Measured (benchmarks/RESULTS.md, "Demo", "Adapting a converged source G" and "Four
-# seeds"): with seed 0, UDA 0.361 beats source-only 0.274 / 0.310 (Macenko 0.439); over
-# seeds 0-3 it wins on two and loses on two: one run does not settle it. G needs
-# about 20 epochs of 10 steps to learn the source task at all; adversarial epochs on a G
-# that has not (session 2: s0 = 4) changed nothing measurable. So s0 is long and the
-# adaptation starts from the converged G. Label flipping (non-saturating) with S and T as
-# separate BatchNorm batches; the weights are the paper's order of magnitude.
+# Measured (benchmarks/RESULTS.md, "Demo" to "Acquisition jitter"): G needs about 20
+# epochs of 10 steps to learn the source task at all; adversarial epochs on a G that has
+# not (session 2: s0 = 4) changed nothing measurable. So s0 is long and the adaptation
+# starts from the converged G. Label flipping (non-saturating) with S and T as separate
+# BatchNorm batches. The weights are the paper's (alpha_e 0.01, alpha_d 0.05, alpha_s
+# 0.1): with acquisition jitter (session 6) they beat 0.1 / 0.1 / 0.1 on three seeds of
+# four (mean test Dice 0.40 vs 0.37), but no weight tried beats the source G trained as
+# long on this budget: the demo reports that, it does not hide it.
 FULL = DemoBudget(
     lr=3e-4,
     disc_lr=1e-4,
     pretrain_epochs=25,
     disc_epochs=2,
     adv_epochs=12,
-    discs=("mirrored:weight_encoder=0.1,weight_decoder=0.1", "shape:weight=0.1"),
+    discs=("mirrored:weight_encoder=0.01,weight_decoder=0.05", "shape:weight=0.1"),
 )
 QUICK = DemoBudget(image_size=64, batch_size=2, pretrain_epochs=1, disc_epochs=1,
                    adv_epochs=1, steps_per_epoch=2, data_n=10, data_size=128, test_n=4)
