@@ -87,8 +87,8 @@ def train(
     stain_jitter: Annotated[float | None, typer.Option(
         help="Stain jitter strength in OD space (0: off).", rich_help_panel=_DATA)] = None,
     acquisition_jitter: Annotated[float | None, typer.Option(
-        help="Blur, noise and contrast jitter strength (scanner variation; 1.0 default, "
-        "0: off).", rich_help_panel=_DATA)] = None,
+        help="Blur, noise and contrast jitter strength (scanner variation; 0: off).",
+        rich_help_panel=_DATA)] = None,
     normalize: Annotated[str | None, typer.Option(
         help="Normaliser spec applied to every input before G (e.g. macenko).",
         rich_help_panel=_DATA)] = None,

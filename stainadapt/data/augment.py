@@ -82,7 +82,9 @@ def acquisition_jitter(strength: float = 1.0) -> list[nn.Module]:
     import kornia.augmentation as K
 
     s = float(strength)
-    sigma = max(0.1, 1.0 * s)
+    if s < 0:
+        raise ValueError("acquisition jitter strength must be >= 0")
+    sigma = max(0.1, s)
     kernel = 2 * math.ceil(2.5 * sigma) + 1  # +-2.5 sigma: the Gaussian's mass
     return [
         K.RandomContrast(contrast=(max(0.0, 1 - 0.3 * s), 1.0), p=0.3),
@@ -137,9 +139,7 @@ class Augment(nn.Module):
             photo.append(K.RandomBrightness(brightness=(1 - brightness, 1 + brightness), p=0.8))
         if contrast > 0:
             photo.append(K.RandomContrast(contrast=(1 - contrast, 1 + contrast), p=0.8))
-        if acquisition < 0:
-            raise ValueError("acquisition jitter strength must be >= 0")
-        if acquisition > 0:
+        if acquisition:  # the function refuses a negative strength
             photo += acquisition_jitter(acquisition)
         self.photometric = nn.Sequential(*photo)
         self.stain = StainJitter(stain_jitter) if stain_jitter > 0 else None

@@ -103,6 +103,21 @@ def test_resume_equals_uninterrupted(tmp_path, domains):
         assert torch.equal(value, b["ema"][key]), key
 
 
+def test_resume_of_a_run_older_than_acquisition_jitter_keeps_it_off(tmp_path, domains):
+    """config.toml without the field (written before it existed) resumes with 0, not 1."""
+    from stainadapt.config import load_toml
+
+    cfg = _cfg(tmp_path, domains, mode="source-only", steps_per_epoch=1, samples=0)
+    train(cfg, max_epochs=1)
+    path = tmp_path / "run" / "config.toml"
+    text = path.read_text()
+    assert "acquisition_jitter = 1.0" in text
+    path.write_text("\n".join(x for x in text.splitlines()
+                              if not x.startswith("acquisition_jitter")) + "\n")
+    resume(tmp_path / "run")
+    assert load_toml(path)["acquisition_jitter"] == 0.0
+
+
 def test_ema_model_is_validated_and_saved(tmp_path, domains):
     """With ``ema`` the saved model is G's moving average, not G's last weights."""
     from safetensors.torch import load_file
