@@ -819,6 +819,43 @@ def _child_command(args: argparse.Namespace, budget_name: str, out: Path, method
     return cmd
 
 
+def task_cost(method: Method, budget: Budget) -> float:
+    """A run's rough cost in seg-epoch units: what ``--jobs`` schedules by.
+
+    An adversarial epoch runs S and T through G and every discriminator twice (G step,
+    D step): about twice a seg epoch; so does an sda seg epoch (S and T labelled). An
+    evaluated row (no training) costs next to nothing.
+    """
+    if method.mode == "eval":
+        return 0.1
+    e = schedule_epochs(method, budget)
+    seg = 2.0 if method.mode == "sda" else 1.0
+    return seg * e["pretrain_epochs"] + e["disc_epochs"] + 2.0 * e["adv_epochs"]
+
+
+def critical_path(plan: list[tuple[Method, int]], budget: Budget) -> dict[tuple[str, int], float]:
+    """Each task's cost plus the longest chain of tasks (same seed) that wait for it.
+
+    ``--jobs`` starts the ready task with the longest such path first (list scheduling
+    by critical path): the shared source G, which every adapted row waits for, and the
+    long from-scratch rows go first, so the last minutes are not one long run alone.
+    """
+    ids = {(m.id, s) for m, s in plan}
+    children: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    for m, s in plan:
+        if m.depends_on is not None and (m.depends_on, s) in ids:
+            children.setdefault((m.depends_on, s), []).append((m.id, s))
+    cost = {(m.id, s): task_cost(m, budget) for m, s in plan}
+    memo: dict[tuple[str, int], float] = {}
+
+    def path(key: tuple[str, int]) -> float:
+        if key not in memo:
+            memo[key] = cost[key] + max((path(c) for c in children.get(key, [])), default=0.0)
+        return memo[key]
+
+    return {key: path(key) for key in cost}
+
+
 def run_parallel(args: argparse.Namespace, budget: Budget, out: Path,
                  plan: list[tuple[Method, int]]) -> dict[str, Any]:
     """``--jobs N``: up to N (method, seed) runs at once, each its own process.
@@ -829,7 +866,8 @@ def run_parallel(args: argparse.Namespace, budget: Budget, out: Path,
     (``OMP_NUM_THREADS``) and writes its output to ``OUT/logs/ID-seedK.log``. A run
     starts once the run it depends on (same seed) has finished in this invocation, so the
     order, skipping, staleness and resuming are exactly those of the serial loop (the
-    child runs the same :func:`run_task`). Results differ from a serial run by the
+    child runs the same :func:`run_task`); among the runs ready to start, the one with
+    the longest :func:`critical_path` starts first. Results differ from a serial run by the
     thread count only (CPU kernels are deterministic per thread count).
     """
     started = time.perf_counter()
@@ -839,7 +877,8 @@ def run_parallel(args: argparse.Namespace, budget: Budget, out: Path,
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     index = {(m.id, s): i for i, (m, s) in enumerate(plan, 1)}
-    pending = list(plan)
+    priority = critical_path(plan, budget)  # longest first; ties keep the plan's order
+    pending = sorted(plan, key=lambda t: -priority[(t[0].id, t[1])])
     running: dict[tuple[str, int], tuple[subprocess.Popen, Path]] = {}
     print(f"{args.jobs} runs at a time, {threads} thread(s) each; logs in {logs}", flush=True)
 

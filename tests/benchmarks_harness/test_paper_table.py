@@ -361,3 +361,18 @@ def test_default_jobs(pt):
 
     assert pt.default_jobs("cpu") == max(1, min(8, os.cpu_count() or 1))
     assert pt.default_jobs("not-a-device") == 1  # the runs report the bad device
+
+
+def test_jobs_start_the_longest_chain_first(pt):
+    """--jobs orders ready runs by critical path: the shared source G (every adapted row
+    waits for it) before a longer run nothing waits for, and longer rows before shorter."""
+    plan = [(m, s) for s in (0, 1) for m in pt.plan_methods("target-only,macenko,uda-sed")]
+    budget = pt.QUICK
+    prio = pt.critical_path(plan, budget)
+    cost = {m.id: pt.task_cost(m, budget) for m, _ in plan}
+    assert cost["uda-sed"] > cost["source-only"] > cost["macenko"]
+    assert prio[("source-only", 0)] == cost["source-only"] + cost["uda-sed"]
+    assert prio[("macenko", 1)] == cost["macenko"]  # nothing waits for an eval row
+    order = sorted(plan, key=lambda t: -prio[(t[0].id, t[1])])
+    assert [m.id for m, _ in order[:2]] == ["source-only", "source-only"]
+    assert order[-1][0].id == "macenko"
