@@ -35,3 +35,25 @@ def test_demo_quick(tmp_path, monkeypatch):
         assert (out / run / "model.safetensors").is_file()
         assert (out / run / "curves.png").is_file()
     assert list((out / "uda" / "samples").glob("*.png"))
+
+
+def test_demo_says_when_uda_loses_and_what_helped(tmp_path, monkeypatch):
+    """The full-budget verdict line (not printed for --quick): a loss is said, with where
+    the measurements and the self-training recipe are. run_demo is stubbed: the full
+    budget takes minutes."""
+    import stainadapt.engine.demo as demo
+
+    def fake(out, quick, **kw):
+        row = {"method": "source-only", "run": "x", "dice": 0.5, "dice_std": 0.1,
+               "accuracy": 0.9, "accuracy_std": 0.0, "n": 10, "source_dice": 0.9,
+               "test_dice": 0.5, "test_dice_std": 0.1, "test_n": 64}
+        return {"rows": [row, {**row, "method": "UDA (mirrored + shape)", "dice": 0.4}],
+                "uda_beats_source_only": False, "uda_beats_source_only_on_test": True,
+                "seconds": 1.0}
+
+    monkeypatch.setattr(demo, "run_demo", fake)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "UDA did not beat source-only on the validation split and beat it" in text
+    assert "self-training" in text and "docs/guide.md" in text
