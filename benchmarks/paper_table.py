@@ -856,6 +856,12 @@ def critical_path(plan: list[tuple[Method, int]], budget: Budget) -> dict[tuple[
     return {key: path(key) for key in cost}
 
 
+def start_order(plan: list[tuple[Method, int]], budget: Budget) -> list[tuple[Method, int]]:
+    """``plan`` by descending :func:`critical_path`; ties keep the plan's order."""
+    priority = critical_path(plan, budget)
+    return sorted(plan, key=lambda t: -priority[(t[0].id, t[1])])
+
+
 def run_parallel(args: argparse.Namespace, budget: Budget, out: Path,
                  plan: list[tuple[Method, int]]) -> dict[str, Any]:
     """``--jobs N``: up to N (method, seed) runs at once, each its own process.
@@ -877,8 +883,7 @@ def run_parallel(args: argparse.Namespace, budget: Budget, out: Path,
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     index = {(m.id, s): i for i, (m, s) in enumerate(plan, 1)}
-    priority = critical_path(plan, budget)  # longest first; ties keep the plan's order
-    pending = sorted(plan, key=lambda t: -priority[(t[0].id, t[1])])
+    pending = start_order(plan, budget)
     running: dict[tuple[str, int], tuple[subprocess.Popen, Path]] = {}
     print(f"{args.jobs} runs at a time, {threads} thread(s) each; logs in {logs}", flush=True)
 

@@ -373,6 +373,6 @@ def test_jobs_start_the_longest_chain_first(pt):
     assert cost["uda-sed"] > cost["source-only"] > cost["macenko"]
     assert prio[("source-only", 0)] == cost["source-only"] + cost["uda-sed"]
     assert prio[("macenko", 1)] == cost["macenko"]  # nothing waits for an eval row
-    order = sorted(plan, key=lambda t: -prio[(t[0].id, t[1])])
+    order = pt.start_order(plan, budget)  # what run_parallel's pending list starts as
     assert [m.id for m, _ in order[:2]] == ["source-only", "source-only"]
     assert order[-1][0].id == "macenko"
