@@ -115,6 +115,10 @@ class Budget:
     alpha_single: float = 0.01  # SF-4 and SF-9
     alpha_concat: float = 0.01  # AFC
     stain_jitter: float = 0.2  # strength of the "+ stain augmentation" rows (0.2 = "strong")
+    # the self-training rows (not in the paper): rounds of pseudo-labelling the Masson
+    # training split, epochs per round (benchmarks/RESULTS.md measured 2 x 12 on 4 seeds)
+    self_train_rounds: int = 2
+    self_train_epochs: int = 12
     augment: bool = True
     val_fraction: float = 0.2
     amp: str = "auto"
@@ -190,7 +194,8 @@ FULL = Budget.from_demo(_demo_recipe(), "full", backbone="resnet34", image_size=
 # TINY: for the test only (seconds per run).
 TINY = Budget(name="tiny", backbone="resnet18", image_size=64, batch_size=2,
               pretrain_epochs=1, disc_epochs=1, adv_epochs=1, steps_per_epoch=1,
-              lr=QUICK.lr, disc_lr=QUICK.disc_lr, samples=0, seeds=1, data_n=6, data_size=64)
+              lr=QUICK.lr, disc_lr=QUICK.disc_lr, samples=0, seeds=1, data_n=6, data_size=64,
+              self_train_rounds=2, self_train_epochs=1)
 BUDGETS = {"tiny": TINY, "quick": QUICK, "full": FULL}
 
 # --------------------------------------------------------------------------- methods
@@ -206,6 +211,8 @@ SCHEDULES = {
     "adv": "adv epochs on L_seg, continuing the init run's G",
     "d0+adv": "d0 epochs of D alone, then adv adversarial epochs, continuing the init "
               "run's G",
+    "st": "self_train_rounds rounds of self_train_epochs epochs on L_seg over PASM labels "
+          "and Masson pseudo-labels, continuing the init run's G",
 }
 SOURCE = "source-only"  # the row whose model is the shared source G of its seed
 
@@ -297,6 +304,15 @@ METHODS: tuple[Method, ...] = (
     # training on target batches.
     _adapt("uda-sed-zero", "ours, α = 0 (control)", "2", UDA, "uda",
            ("mirrored:weight_encoder=0,weight_decoder=0", "shape:weight=0")),
+    # ---- Not in the paper: self-training (``--self-train-rounds``). Each round G's model
+    # labels the Masson training split (never its masks) and G trains on PASM labels +
+    # those pseudo-labels. From the shared source G, and from UDA-sed's model: the same
+    # as one `train --mode uda --disc ... --self-train-rounds R` run, split in two so
+    # that the UDA-sed run is shared. Mode source-only = no discriminator in these epochs.
+    Method("self-training", "Origin + self-training (not in the paper)", "2",
+           "PASM + Masson pseudo-labels", "source-only", schedule="st", init=SOURCE),
+    Method("uda-sed-st", "ours (UDA-sed) + self-training (not in the paper)", "2",
+           UDA, "source-only", schedule="st", init="uda-sed"),
 )
 BY_ID = {m.id: m for m in METHODS}
 
@@ -421,6 +437,9 @@ def schedule_epochs(method: Method, budget: Budget) -> dict[str, int]:
         "s0+adv": {"pretrain_epochs": s0, "disc_epochs": 0, "adv_epochs": adv},
         "adv": {"pretrain_epochs": adv, "disc_epochs": 0, "adv_epochs": 0},
         "d0+adv": {"pretrain_epochs": 0, "disc_epochs": d0, "adv_epochs": adv},
+        "st": {"pretrain_epochs": 0, "disc_epochs": 0, "adv_epochs": 0,
+               "self_train_rounds": budget.self_train_rounds,
+               "self_train_epochs": budget.self_train_epochs},
     }[method.schedule]
 
 
@@ -468,6 +487,9 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     skip = {"out", "source", "target", "device", "reference", "init"}
     if not config.get("discs"):
         skip.add("adv_loss")
+    config = {"self_train_rounds": 0, **config}  # written before the field existed: off
+    if not config["self_train_rounds"]:  # the epochs per round change nothing then
+        skip.add("self_train_epochs")
     return {k: v for k, v in config.items() if k not in skip}
 
 
@@ -830,7 +852,9 @@ def task_cost(method: Method, budget: Budget) -> float:
         return 0.1
     e = schedule_epochs(method, budget)
     seg = 2.0 if method.mode == "sda" else 1.0
-    return seg * e["pretrain_epochs"] + e["disc_epochs"] + 2.0 * e["adv_epochs"]
+    self_train = e.get("self_train_rounds", 0) * e.get("self_train_epochs", 0)  # S + T
+    return (seg * e["pretrain_epochs"] + e["disc_epochs"] + 2.0 * e["adv_epochs"]
+            + 2.0 * self_train)
 
 
 def critical_path(plan: list[tuple[Method, int]], budget: Budget) -> dict[tuple[str, int], float]:
@@ -1054,6 +1078,10 @@ GAPS: tuple[tuple[str, str, str], ...] = (
      "uda-sed", "uda-sed-zero"),
     ("the α = 0 control uda-sed-zero in place of UDA-sed, over source-only",
      "uda-sed-zero", SOURCE),
+    ("UDA-sed + self-training over source-only (not in the paper)", "uda-sed-st", SOURCE),
+    ("self-training alone (from the source G) over source-only (not in the paper)",
+     "self-training", SOURCE),
+    ("UDA-sed + self-training over source-only-longer", "uda-sed-st", "source-only-longer"),
 )
 
 
@@ -1201,6 +1229,9 @@ def render_markdown(out: Path, results: list[dict[str, Any]], invocations: list[
         if m.mode in ("sda", "uda"):
             on += " + Masson" + (" (labelled)" if m.mode == "sda" else " (unlabelled)")
         mode = m.mode if m.mode != "eval" else f"model of `{m.base}`"
+        if m.schedule == "st":
+            on += " + Masson (unlabelled; its pseudo-labels)"
+            mode += " + `--self-train-rounds`"
         norm = f"`{m.normalizer}` fitted on a PASM training tile" if m.normalizer else "–"
         lines.append(f"| {m.id} | {m.paper} | {mode} | {on} | {starts_from(m)} | "
                      f"{epochs_text(m, b)} | {discs} | {extra} | {norm} |")
@@ -1251,6 +1282,9 @@ def epochs_text(method: Method, budget: Budget) -> str:
     e = schedule_epochs(method, budget)
     if method.schedule == "d0+adv":
         return f"{e['disc_epochs']} D only + {e['adv_epochs']} adversarial"
+    if method.schedule == "st":
+        return (f"{e['self_train_rounds']} self-training rounds x {e['self_train_epochs']} "
+                "(PASM labels + Masson pseudo-labels)")
     n = e["pretrain_epochs"] + e["adv_epochs"]
     if method.init is not None:
         return f"{n} more on L_seg ({method.schedule}; s0 + adv in all)"

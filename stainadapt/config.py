@@ -72,6 +72,13 @@ class TrainConfig:
     # G runs the source and the target part of a batch as separate BatchNorm batches
     # (SegmentationNet.forward(split=...)); false: one mixed batch (session 1's form)
     domain_batchnorm: bool = True
+    # Self-training after the schedule above (not in the paper; benchmarks/RESULTS.md,
+    # "BatchNorm handling and learning rates", measured it on four seeds): each round
+    # labels the target *training* split with G's current model (p > threshold), then
+    # trains G for self_train_epochs epochs on S labels + those pseudo-labels, no
+    # discriminators. uda and source-only (with --target) only; target masks are never read.
+    self_train_rounds: int = 0
+    self_train_epochs: int = 12
     image_size: int = 256
     val_fraction: float = 0.2
     seed: int = 0
@@ -120,10 +127,18 @@ class TrainConfig:
             raise InputError(
                 "mode uda needs at least one --disc (e.g. --disc mirrored --disc shape)"
             )
+        if self.self_train_rounds:
+            if self.mode == "sda":
+                raise InputError("self_train_rounds is for unlabelled targets (uda or "
+                                 "source-only); sda already trains on the target's masks")
+            if not self.target:
+                raise InputError("self_train_rounds needs a target domain: give --target DIR")
+            if self.self_train_epochs < 1:
+                raise InputError("self_train_epochs must be >= 1 when self_train_rounds > 0")
         if self.image_size <= 0 or self.image_size % 32:
             raise InputError(f"image_size {self.image_size} must be a positive multiple of 32")
         for name in ("pretrain_epochs", "disc_epochs", "adv_epochs", "steps_per_epoch",
-                     "workers", "samples"):
+                     "workers", "samples", "self_train_rounds", "self_train_epochs"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1:
@@ -155,6 +170,8 @@ class TrainConfig:
         """The effective ``select`` (see the field's comment for the defaults)."""
         if self.select is not None:
             return self.select
+        if self.self_train_rounds:  # the source split says nothing about the pseudo-labels
+            return "last"
         return {"sda": "target", "uda": "last"}.get(self.mode, "source")
 
     def total_epochs(self) -> int:

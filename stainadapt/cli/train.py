@@ -45,6 +45,13 @@ def train(
         help="d0: epochs of the discriminators alone (paper 10).", rich_help_panel=_SCHED)] = None,
     adv_epochs: Annotated[int | None, typer.Option(
         help="Adversarial epochs (paper 100).", rich_help_panel=_SCHED)] = None,
+    self_train_rounds: Annotated[int | None, typer.Option(
+        help="After the schedule: rounds of self-training, each labelling the target "
+        "training images with G (p > threshold) and training on S labels + those "
+        "pseudo-labels (uda or source-only; not in the paper; 0: off).",
+        rich_help_panel=_SCHED)] = None,
+    self_train_epochs: Annotated[int | None, typer.Option(
+        help="Epochs per self-training round (12).", rich_help_panel=_SCHED)] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(
         help="Optimiser steps per epoch (0: source train images / (batch size x processes)).",
         rich_help_panel=_SCHED)] = None,
@@ -73,7 +80,8 @@ def train(
         help="Data-loading worker processes.", rich_help_panel=_DATA)] = None,
     select: Annotated[str | None, typer.Option(
         help="Model selection: last, source or target (default: target in sda, last in "
-        "uda, source in source-only; target in uda is an oracle).")] = None,
+        "uda or with self-training, source in source-only; target in uda is an "
+        "oracle).")] = None,
     augment: Annotated[bool | None, typer.Option(
         "--augment/--no-augment", help="Geometric/photometric augmentation.",
         rich_help_panel=_DATA)] = None,
@@ -111,6 +119,7 @@ def train(
         "backbone": backbone, "pretrained": pretrained, "init": init, "out": out,
         "pretrain_epochs": pretrain_epochs, "disc_epochs": disc_epochs,
         "adv_epochs": adv_epochs, "steps_per_epoch": steps_per_epoch,
+        "self_train_rounds": self_train_rounds, "self_train_epochs": self_train_epochs,
         "batch_size": batch_size, "lr": lr, "disc_lr": disc_lr, "dice_weight": dice_weight,
         "ema": ema, "adv_loss": adv_loss,
         "image_size": image_size, "val_fraction": val_fraction, "seed": seed,

@@ -81,7 +81,8 @@ def draw_curves(records: Sequence[dict[str, Any]]) -> Image.Image:
     draw = ImageDraw.Draw(img)
     _panel(draw, (40, 30, 660, 260), "losses per epoch", losses, phases)
     _panel(draw, (40, 300, 660, 530), "validation (Dice, accuracy)", metrics, phases)
-    draw.text((40, 540), "epochs; grey lines: phase changes (seg | disc | adv)", fill=(0, 0, 0))
+    draw.text((40, 540), "epochs; grey lines: phase changes (seg | disc | adv | self)",
+              fill=(0, 0, 0))
     return img
 
 

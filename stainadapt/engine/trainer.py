@@ -21,9 +21,17 @@ One step of the adversarial phase:
    S and T masks) and G's detached probabilities (S and T) = 0. Each discriminator has
    its own Adam over its own parameters (lr ``disc_lr``).
 
+Self-training (``self_train_rounds``, after the schedule; not in the paper): at the start
+of each round G's model (the moving average if ``ema``) labels the target training split,
+p > threshold, into ``RUN/pseudo/round-R/``; G restarts from that model with a fresh Adam
+(and a fresh average), then trains on L_seg over S labels and those pseudo-labels. This
+is what lifted Masson Dice on every seed in benchmarks/RESULTS.md, where the adversarial
+term alone did not. A resumed run reads the round's labels back from the folder.
+
 In uda the target's masks are never read for training: target samples are handed to the
-data pipeline without masks. Only ``--select target`` reads the target *validation*
-masks, and the output labels those numbers as an oracle.
+data pipeline without masks (so too in source-only with self-training). Only
+``--select target`` reads the target *validation* masks, and the output labels those
+numbers as an oracle.
 
 Determinism and resuming: the crops of an epoch, the augmentation and every other random
 draw depend only on ``(seed, epoch)`` (each epoch reseeds the RNGs and builds its crop
@@ -76,7 +84,7 @@ from . import distributed
 from .checkpoint import atomic_write_text, non_finite, normalizer_to_meta, save_model
 from .losses import generator_adv_term, seg_loss
 from .report import write_curves, write_overlay
-from .schedule import epoch_phases
+from .schedule import epoch_phases, self_train_round
 from .state import STATE_FILE, load_state, rng_state, save_state, set_rng_state
 
 __all__ = [
@@ -281,8 +289,9 @@ class Trainer:
             tgt = scan_domain(cfg.target, require_masks=need, verify=True,
                               verify_masks=need or cfg.selection == "target")
             train, val = split_samples(tgt, cfg.val_fraction, cfg.seed + 1)
-            if cfg.mode == "uda":
+            if cfg.mode == "uda" or cfg.self_train_rounds:
                 train = [_unmasked(s) for s in train]
+            if cfg.mode == "uda":
                 if cfg.selection == "target":
                     self.oracle = True
                 else:
@@ -353,7 +362,10 @@ class Trainer:
         self.best_record: dict[str, Any] | None = None
         self.records: list[dict[str, Any]] = []
         self._val_cache: dict[str, list] = {}
-        self._datasets: dict[tuple[int, bool], Any] = {}
+        self._datasets: dict[tuple[int, bool, int], Any] = {}
+        # self-training: the round whose pseudo-labelled target samples are loaded
+        self.pseudo_round = 0
+        self.pseudo: list[Any] = []
         # divergence guard (see _diverged): rollbacks so far, their metrics.jsonl events,
         # and per-optimiser runs of consecutive skipped updates kept on the device
         self.rollbacks = 0
@@ -439,13 +451,17 @@ class Trainer:
         if self.best_epoch is not None and self.best_epoch < len(self.records):
             self.best_record = self.records[self.best_epoch]
 
-    def _loader(self, samples: list[Any], with_masks: bool, epoch: int, stream: int) -> Iterator:
-        """An iterator over this epoch's batches: crops and order depend on (seed, epoch)."""
+    def _loader(self, samples: list[Any], with_masks: bool, epoch: int, stream: int,
+                tag: int = 0) -> Iterator:
+        """An iterator over this epoch's batches: crops and order depend on (seed, epoch).
+
+        ``tag`` tells apart datasets of one stream with other masks (self-training rounds).
+        """
         from torch.utils.data import DataLoader
 
         from ..data.dataset import CropDataset
 
-        key = (stream, with_masks)
+        key = (stream, with_masks, tag)
         ds = self._datasets.get(key)
         if ds is None:  # one dataset per stream: it keeps the decoded images in memory
             ds = CropDataset(samples, self.cfg.image_size,
@@ -533,9 +549,10 @@ class Trainer:
         if tgt is not None:
             xt, yt = self._prepare(tgt)
         b = xs.shape[0]
-        use_t = xt is not None and (phase != "seg" or self.tgt_labelled)
+        t_labelled = self.tgt_labelled or phase == "self"  # masks or pseudo-labels
+        use_t = xt is not None and (phase != "seg" or t_labelled)
         x = torch.cat([xs, xt]) if use_t else xs
-        if phase != "seg":  # what the discriminators answer, shared by the G and D steps
+        if phase in ("disc", "adv"):  # what the discriminators answer, shared by the G and D steps
             real = self._real_masks(ys, yt)  # the shape D's "real" set
             dev = x.device
             domain_labels = torch.cat([torch.ones(b, device=dev),  # source 1, target 0
@@ -559,7 +576,7 @@ class Trainer:
                 else:
                     logits, feats = self.g(x, split=split), {}
                 l_seg = seg_loss(logits[:b], ys, cfg.dice_weight)
-                if use_t and self.tgt_labelled:
+                if use_t and t_labelled:
                     l_seg = l_seg + seg_loss(logits[b:], yt, cfg.dice_weight)
                 loss = l_seg
                 if phase == "adv":
@@ -589,7 +606,7 @@ class Trainer:
                 self.ema.update(self.model)
             for d in self.discs:
                 d.requires_grad_(True)
-        if phase == "seg":
+        if phase in ("seg", "self"):
             return
 
         # ---- D update on detached features / probabilities
@@ -613,6 +630,77 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             d_loss.backward()
             self._opt_step(opt, d_loss, acc)
+
+    # ------------------------------------------------------------------ self-training
+    def _pseudo_folder(self, round_: int) -> Path:
+        return self.run_dir / "pseudo" / f"round-{round_}"
+
+    def _self_train_round(self, epoch: int, progress: Any) -> dict[str, Any] | None:
+        """Enter ``epoch``'s self-training round: label and reset at its first epoch.
+
+        At a round's first epoch: the model (the average if ``ema``) labels the target
+        training split into ``pseudo/round-R/`` (rank 0 writes, every rank reads), G takes
+        that model's weights, and G's Adam and the average start afresh -- what the
+        measured recipe did as a new ``--init`` run per round. Later epochs of a round only
+        reload the labels if needed (a resumed run). Returns the labels' summary when they
+        were just written, else None.
+        """
+        round_, first = self_train_round(self.cfg, epoch) or (0, False)
+        if not round_ or (not first and self.pseudo_round == round_):
+            return None
+        folder = self._pseudo_folder(round_)
+        summary = None
+        if first:
+            summary = self._write_pseudo_labels(folder, round_, progress) if self.main else None
+            distributed.barrier()  # the labels are on disk before any rank reads them
+            self._restart_generator()
+        from dataclasses import replace
+
+        self.pseudo = [replace(s, mask=folder / f"{s.name}.png") for s in self.tgt_train]
+        missing = [s.mask for s in self.pseudo if not s.mask.is_file()]
+        if missing:
+            raise InputError(f"{missing[0]}: pseudo-label of self-training round {round_} is "
+                             "missing; the run folder is incomplete (start a new run)")
+        self.pseudo_round = round_
+        self._datasets = {k: v for k, v in self._datasets.items() if k[2] == 0}
+        return summary
+
+    @torch.no_grad()
+    def _write_pseudo_labels(self, folder: Path, round_: int, progress: Any) -> dict[str, Any]:
+        from ..data.io import read_image, write_image
+
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        task = None
+        if progress is not None:
+            task = progress.add_task(f"self-training round {round_}: labelling the target",
+                                     total=len(self.tgt_train), loss="")
+        foreground = 0.0
+        for s in self.tgt_train:
+            prob = predict_probs(model, read_image(s.image), self.device, self.normalizer,
+                                 self.amp)
+            mask = (prob > self.cfg.threshold).cpu().numpy()
+            foreground += float(mask.mean())
+            write_image(folder / f"{s.name}.png", mask)
+            if task is not None:
+                progress.update(task, advance=1)
+        model.train(was_training)
+        return {"round": round_, "images": len(self.tgt_train), "folder": str(folder),
+                "foreground": round(foreground / max(len(self.tgt_train), 1), 4)}
+
+    def _restart_generator(self) -> None:
+        """G from its averaged weights, a fresh Adam (current lr) and a fresh average."""
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=self.cfg.ema)
+        lr = float(self.opt_g.param_groups[0]["lr"])  # keeps a rollback's lowering
+        self.opt_g, self.fused = _make_adam(list(self.model.parameters()), lr,
+                                            (self.cfg.beta1, self.cfg.beta2), self.device)
+        self._bad_run.clear()
+        self._bad_max = None
 
     # ------------------------------------------------------------------ validation
     def _val_items(self, which: str) -> list:
@@ -748,7 +836,9 @@ class Trainer:
             d.train()
         src_it = self._loader(self.src_train, True, epoch, 0)
         tgt_it = None
-        if self.tgt_train and (phase != "seg" or self.tgt_labelled):
+        if phase == "self":
+            tgt_it = self._loader(self.pseudo, True, epoch, 1, tag=self.pseudo_round)
+        elif self.tgt_train and (phase != "seg" or self.tgt_labelled):
             tgt_it = self._loader(self.tgt_train, self.tgt_labelled, epoch, 1)
         acc: dict[str, torch.Tensor] = {"skipped": torch.zeros((), device=self.device)}
         start = time.perf_counter()
@@ -807,7 +897,10 @@ class Trainer:
                     if progress is not None:
                         task = progress.add_task(f"epoch {epoch + 1}/{len(self.phases)} {phase}",
                                                  total=self.steps, loss="")
+                    pseudo = self._self_train_round(epoch, progress) if phase == "self" else None
                     record = self._epoch(epoch, phase, progress, task)
+                    if pseudo:
+                        record["pseudo"] = pseudo
                     if self._diverged(epoch, record):
                         continue  # rolled back: self.epoch is the last good boundary again
                     _hold_interrupts(True)  # the epoch's files are written whole, then stop
@@ -1028,7 +1121,7 @@ def summary_table(result: TrainResult, cfg: TrainConfig, oracle: bool = False) -
 
 def _phase_counts(cfg: TrainConfig) -> list[str]:
     phases = epoch_phases(cfg)
-    return [f"{p} {phases.count(p)}" for p in ("seg", "disc", "adv") if p in phases]
+    return [f"{p} {phases.count(p)}" for p in ("seg", "disc", "adv", "self") if p in phases]
 
 
 # --------------------------------------------------------------------------- entry points

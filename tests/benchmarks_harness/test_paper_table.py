@@ -150,6 +150,12 @@ def test_schedules_share_the_source_g(pt, tmp_path):
         c = cfg(mid)
         assert c.init is None and c.phases() == ["seg"] * 8, mid
         assert c.adv_loss == "flip"  # the trainer's default: no adversarial term here
+    # self-training continues the source G or UDA-sed's model, rounds x epochs of "self"
+    for mid, init in (("self-training", "source-only"), ("uda-sed-st", "uda-sed")):
+        c = cfg(mid)
+        assert c.init == str(runs / f"{init}-seed1") and c.mode == "source-only", mid
+        assert c.target and not c.discs and c.select == b.select, mid
+        assert c.phases() == ["self"] * (b.self_train_rounds * b.self_train_epochs), mid
     # the control is uda-sed with every weight 0
     zero, sed = cfg("uda-sed-zero"), cfg("uda-sed")
     assert [parse_spec(s)[0] for s in zero.discs] == [parse_spec(s)[0] for s in sed.discs]
@@ -208,12 +214,12 @@ def test_staleness(pt):
 def test_tiny_table_end_to_end_and_resume(pt, tmp_path, capsys):
     out, md = tmp_path / "out", tmp_path / "md" / "TABLE.md"
     # source-only is not named: --only adds it, as the run the others depend on
-    argv = ["--budget", "tiny", "--only", "macenko,uda-sed,sda-sed",
+    argv = ["--budget", "tiny", "--only", "macenko,uda-sed,sda-sed,uda-sed-st",
             "--seeds", "1", "--out", str(out), "--md", str(md), "--device", "cpu",
             "--jobs", "1"]  # the serial loop; --jobs 2 has its own test
     assert pt.main(argv) == 0
     first = capsys.readouterr().out
-    ids = ("source-only", "macenko", "uda-sed", "sda-sed")
+    ids = ("source-only", "macenko", "uda-sed", "sda-sed", "uda-sed-st")
     mtimes = {}
     for mid in ids:
         path = out / "results" / f"{mid}-seed0.json"
@@ -235,6 +241,15 @@ def test_tiny_table_end_to_end_and_resume(pt, tmp_path, capsys):
     assert uda["config"]["init_run"] == source["uid"]
     assert source["config"]["adv_epochs"] == 0 and source["config"]["init"] is None
     assert not (out / "runs" / "uda-sed-seed0" / "state.pt").exists()  # dropped when done
+    st = json.loads((out / "results" / "uda-sed-st-seed0.json").read_text())
+    assert st["config"]["init_run"] == uda["uid"] and st["config"]["self_train_rounds"] == 2
+    labels = out / "runs" / "uda-sed-st-seed0" / "pseudo"
+    assert sorted(p.name for p in labels.iterdir()) == ["round-1", "round-2"]
+    # only Masson's training split is pseudo-labelled, never the held-out test tiles
+    held_out = set(pt.EvalSets(pt.ensure_data(pt.TINY, out), 0,
+                               pt.TINY.val_fraction).names["T"])
+    labelled = {p.stem for p in (labels / "round-1").iterdir()}
+    assert labelled and not labelled & held_out
     assert (out / "runs" / "uda-sed-seed0" / "model.safetensors").is_file()
 
     text = md.read_text()
@@ -277,6 +292,7 @@ def test_tiny_table_end_to_end_and_resume(pt, tmp_path, capsys):
     fourth = capsys.readouterr().out
     assert "macenko seed 0: stale (its base run changed)" in fourth
     assert "sda-sed seed 0: stale (its init run was trained again)" in fourth
+    assert "uda-sed-st seed 0: stale (its init run was trained again)" in fourth
     assert fourth.count(": skip (result exists") == 2  # source-only, uda-sed
 
     # --render-only rebuilds the Markdown from the JSONs alone
@@ -318,6 +334,18 @@ def test_adv_loss_does_not_make_runs_without_a_discriminator_stale(pt):
     assert pt._comparable(plain) == pt._comparable({**plain, "adv_loss": "flip"})
     adv = {"mode": "uda", "discs": ["shape"], "adv_loss": "minimax", "lr": 1e-3}
     assert pt._comparable(adv) != pt._comparable({**adv, "adv_loss": "flip"})
+
+
+def test_self_training_fields_do_not_make_older_runs_stale(pt):
+    """A result written before self_train_* existed equals a config with self-training off;
+    with self-training on, its rounds and epochs count."""
+    old = {"mode": "uda", "discs": ["shape"], "lr": 1e-3}
+    new = {**old, "self_train_rounds": 0, "self_train_epochs": 12}
+    assert pt._comparable(old) == pt._comparable(new) == pt._comparable(
+        {**new, "self_train_epochs": 3})
+    on = {**new, "self_train_rounds": 2}
+    assert pt._comparable(on) != pt._comparable(old)
+    assert pt._comparable(on) != pt._comparable({**on, "self_train_epochs": 3})
 
 
 def test_jobs_runs_tasks_in_processes_after_their_dependency(pt, tmp_path, capsys):
