@@ -18,9 +18,12 @@ def test_demo_quick(tmp_path, monkeypatch):
     assert "source-only" in res.output and "UDA" in res.output
     result = json.loads((out / "results.json").read_text())
     methods = [r["method"] for r in result["rows"]]
-    assert methods[0] == "source-only" and methods[-1].startswith("UDA")
-    dice = [r["dice"] for r in result["rows"]]  # source-only, -longer, Macenko, UDA
-    assert result["uda_beats_source_only"] == (dice[-1] > max(dice[0], dice[1]))
+    assert methods[0] == "source-only" and methods[-2].startswith("UDA (")
+    assert methods[-1].startswith("UDA + self-training (1 rounds")
+    # source-only, -longer, Macenko, UDA, UDA + self-training
+    dice = [r["dice"] for r in result["rows"]]
+    assert result["uda_beats_source_only"] == (dice[-2] > max(dice[0], dice[1]))
+    assert result["self_trained_beats_source_only"] == (dice[-1] > max(dice[0], dice[1]))
     assert result["budget"]["seed"] == 3
     import torch
 
@@ -28,9 +31,15 @@ def test_demo_quick(tmp_path, monkeypatch):
     # every row is also scored on the held-out Masson draw (QUICK: 4 fresh tiles)
     assert all(r["test_n"] == 4 and 0 <= r["test_dice"] <= 1 for r in result["rows"])
     test = [r["test_dice"] for r in result["rows"]]
-    assert result["uda_beats_source_only_on_test"] == (test[-1] > max(test[0], test[1]))
-    assert "fresh tiles" in res.output
-    for run in ("source-only", "uda"):
+    assert result["uda_beats_source_only_on_test"] == (test[-2] > max(test[0], test[1]))
+    assert result["self_trained_beats_source_only_on_test"] == (
+        test[-1] > max(test[0], test[1]))
+    assert "fresh tiles" in res.output and "uda-self-training" in res.output
+    # the self-training run starts from the UDA model and labels Masson's training split
+    st = out / "uda-self-training"
+    assert f'init = "{out / "uda"}"' in (st / "config.toml").read_text()
+    assert len(list((st / "pseudo" / "round-1").glob("*.png"))) == 8  # 10 tiles, 2 held out
+    for run in ("source-only", "uda", "uda-self-training"):
         assert "seed = 3" in (out / run / "config.toml").read_text()
         assert (out / run / "model.safetensors").is_file()
         assert (out / run / "curves.png").is_file()
@@ -49,11 +58,13 @@ def test_demo_says_when_uda_loses_and_what_helped(tmp_path, monkeypatch):
                "test_dice": 0.5, "test_dice_std": 0.1, "test_n": 64}
         return {"rows": [row, {**row, "method": "UDA (mirrored + shape)", "dice": 0.4}],
                 "uda_beats_source_only": False, "uda_beats_source_only_on_test": True,
-                "seconds": 1.0}
+                "self_trained_beats_source_only": True,
+                "self_trained_beats_source_only_on_test": True, "seconds": 1.0}
 
     monkeypatch.setattr(demo, "run_demo", fake)
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "UDA did not beat source-only on the validation split and beat it" in text
-    assert "self-training" in text and "docs/guide.md" in text
+    assert "UDA + self-training beat source-only on the validation split and beat it" in text
+    assert "--self-train-rounds" in text and "docs/guide.md" in text
