@@ -404,3 +404,24 @@ def test_jobs_start_the_longest_chain_first(pt):
     order = pt.start_order(plan, budget)  # what run_parallel's pending list starts as
     assert [m.id for m, _ in order[:2]] == ["source-only", "source-only"]
     assert order[-1][0].id == "macenko"
+
+
+def test_render_reads_older_results_and_uneven_seeds(pt, tmp_path):
+    """Results written before the self-training fields existed are one budget with the new
+    ones; rows with fewer seeds are said; the self-training gap is in the headline."""
+    old_budget = {k: v for k, v in pt.asdict(pt.QUICK).items() if not k.startswith("self_")}
+
+    def rec(mid, seed, dice, budget):
+        return {"id": mid, "seed": seed, "status": "ok", "T": {"dice": dice},
+                "S": {"dice": 0.9}, "budget": budget, "config": {}, "data": "d"}
+
+    results = [rec("source-only", 0, 0.5, old_budget), rec("sda-sed", 0, 0.9, old_budget),
+               rec("uda-sed", 0, 0.52, old_budget),
+               rec("uda-sed-st", 0, 0.82, pt.asdict(pt.QUICK)),
+               rec("uda-sed-st", 1, 0.78, pt.asdict(pt.QUICK))]
+    assert pt.budget_of(results[0]) == pt.budget_of(results[-1])
+    text = pt.render_markdown(tmp_path, results, [], None, tmp_path / "T.md")
+    assert "different budgets" not in text
+    assert "Not every row has every seed (1, 2 seeds)" in text
+    assert "ours **5 %**" in text  # (52 - 50) / (90 - 50)
+    assert "`--self-train-rounds`; not in the paper): **75 %**" in text  # (80 - 50) / 40
