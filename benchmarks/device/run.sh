@@ -14,7 +14,8 @@
 #           bf16 + channels_last + torch.compile (batch 32, 256 px)
 #   table   benchmarks/paper_table.py, FULL budget, one seed, the rows that decide
 #           issue 11 (source-only, its longer twin, Macenko, UDA-sed, its alpha=0
-#           control, SDA-sed); resumable: a later call continues it
+#           control, SDA-sed, UDA-sed + self-training); resumable: a later call
+#           continues it
 # STAGES="env smoke report" runs a subset. SA_DRY=1 runs the same plumbing on the CPU
 # with tiny sizes (what the test suite cannot check: this script itself).
 set -uo pipefail
@@ -82,7 +83,7 @@ if want report; then
 fi
 if want table; then
     stage table 400 python3 benchmarks/paper_table.py $TABLE_ARGS --device $DEV \
-        --only source-only,source-only-longer,macenko,uda-sed,uda-sed-zero,sda-sed \
+        --only source-only,source-only-longer,macenko,uda-sed,uda-sed-zero,sda-sed,uda-sed-st \
         --out "$OUT/paper-table" --md "$OUT/PAPER_TABLE.md"
 fi
 echo "done in $(( $(date +%s) - START ))s; outputs in $OUT"
