@@ -313,6 +313,12 @@ METHODS: tuple[Method, ...] = (
            "PASM + Masson pseudo-labels", "source-only", schedule="st", init=SOURCE),
     Method("uda-sed-st", "ours (UDA-sed) + self-training (not in the paper)", "2",
            UDA, "source-only", schedule="st", init="uda-sed"),
+    # Control: self-training from source-only-longer, a G trained as many steps as
+    # UDA-sed's but with no adversarial term. Against uda-sed-st it isolates what the
+    # adversarial stage adds as a starting point for self-training.
+    Method("longer-st", "Origin, s0 + adv epochs, + self-training (control)", "2",
+           "PASM + Masson pseudo-labels", "source-only", schedule="st",
+           init="source-only-longer"),
 )
 BY_ID = {m.id: m for m in METHODS}
 
@@ -1082,6 +1088,8 @@ GAPS: tuple[tuple[str, str, str], ...] = (
     ("self-training alone (from the source G) over source-only (not in the paper)",
      "self-training", SOURCE),
     ("UDA-sed + self-training over source-only-longer", "uda-sed-st", "source-only-longer"),
+    ("UDA-sed + self-training over the control longer-st (as many G updates, no "
+     "adversarial term before the self-training)", "uda-sed-st", "longer-st"),
 )
 
 

@@ -151,7 +151,8 @@ def test_schedules_share_the_source_g(pt, tmp_path):
         assert c.init is None and c.phases() == ["seg"] * 8, mid
         assert c.adv_loss == "flip"  # the trainer's default: no adversarial term here
     # self-training continues the source G or UDA-sed's model, rounds x epochs of "self"
-    for mid, init in (("self-training", "source-only"), ("uda-sed-st", "uda-sed")):
+    for mid, init in (("self-training", "source-only"), ("uda-sed-st", "uda-sed"),
+                      ("longer-st", "source-only-longer")):
         c = cfg(mid)
         assert c.init == str(runs / f"{init}-seed1") and c.mode == "source-only", mid
         assert c.target and not c.discs and c.select == b.select, mid
