@@ -5,9 +5,10 @@
 
 Rows are Masson images from the demo's held-out validation split (the split the trainer
 made with the demo's seed; images with a glomerulus first); the columns are the image,
-its ground truth, the source-only model's prediction and the UDA model's, each mask
-drawn over the image, with that image's Dice in the column title. The header gives the
-mean Masson Dice of both runs from ``results.json``. Pillow only (no matplotlib).
+its ground truth, the source-only model's prediction, the UDA model's and (when the demo
+has the run) UDA + self-training's, each mask drawn over the image, with that image's
+Dice in the column title. The header gives the mean Masson Dice of the runs from
+``results.json``. Pillow only (no matplotlib).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 OUT = Path(__file__).resolve().parent / "images" / "demo_masson.png"
-COLOURS = {"truth": (40, 200, 60), "source-only": (230, 60, 40), "uda": (40, 110, 240)}
+COLOURS = {"truth": (40, 200, 60), "source-only": (230, 60, 40), "uda": (40, 110, 240),
+           "uda-self-training": (150, 40, 200)}
+LABELS = {"source-only": "source-only", "uda": "UDA", "uda-self-training": "UDA + self-training"}
 
 
 def _font(size: int) -> Any:
@@ -87,11 +90,13 @@ def render(demo: Path, out: Path, n: int = 3, cell: int = 200) -> Path:
     # images that hold a glomerulus first: an empty tile says little about a model
     items = sorted(items, key=lambda it: (not it[2].any(), it[0]))[:n]
     device = torch.device("cpu")
-    preds = {name: _predict(demo / name, items, device) for name in ("source-only", "uda")}
+    runs = [name for name in LABELS
+            if name != "uda-self-training" or (demo / name / "model.safetensors").is_file()]
+    preds = {name: _predict(demo / name, items, device) for name in runs}
 
     pad, head, title = 6, 56, 22
     big, small = _font(16), _font(13)
-    width = pad + 4 * (cell + pad)
+    width = pad + (2 + len(runs)) * (cell + pad)
     height = head + len(items) * (title + cell + pad) + pad
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -99,17 +104,18 @@ def render(demo: Path, out: Path, n: int = 3, cell: int = 200) -> Path:
     n_val = results["rows"][0]["n"] if results["rows"] else len(items)
     draw.text((pad, 8), "Synthetic PASM -> Masson, held-out Masson images" + quick,
               fill=(0, 0, 0), font=big)
-    draw.text((pad, 30), f"mean Masson Dice over {n_val} validation images: source-only "
-              f"{_mean_dice(results, 'source-only')}, UDA {_mean_dice(results, 'uda')}",
+    means = ", ".join(f"{LABELS[run]} {_mean_dice(results, run)}" for run in runs)
+    draw.text((pad, 30), f"mean Masson Dice over {n_val} validation images: {means}",
               fill=(60, 60, 60), font=small)
     for r, (name, image, truth) in enumerate(items):
         y = head + r * (title + cell + pad)
         cells = [("Masson image " + name, image),
                  ("ground truth", _overlay(image, truth, COLOURS["truth"]))]
-        for run, label in (("source-only", "source-only"), ("uda", "UDA")):
+        for run in runs:
             pred = preds[run][r]
             dice = segmentation_metrics(pred, truth)["dice"]
-            cells.append((f"{label}: Dice {dice:.2f}", _overlay(image, pred, COLOURS[run])))
+            cells.append((f"{LABELS[run]}: Dice {dice:.2f}",
+                          _overlay(image, pred, COLOURS[run])))
         for c, (caption, array) in enumerate(cells):
             x = pad + c * (cell + pad)
             draw.text((x, y + 3), caption, fill=(0, 0, 0), font=small)

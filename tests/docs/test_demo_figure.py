@@ -49,6 +49,14 @@ def test_demo_figure(tmp_path):
         width, height = image.size
     assert width == 6 + 4 * (64 + 6)
     assert height > 2 * 64  # the validation split of 10 tiles holds 2 images
+    # with the UDA + self-training run: one more column
+    from stainadapt.engine.checkpoint import save_model
+    from stainadapt.models.unet import SegmentationNet
+
+    save_model(demo / "uda-self-training", SegmentationNet("resnet18"), {"image_size": 64})
+    assert module.main([str(demo), "--out", str(out), "--cell", "64"]) == 0
+    with Image.open(out) as image:
+        assert image.size[0] == 6 + 5 * (64 + 6)
 
 
 def test_demo_figure_needs_results(tmp_path, capsys):
