@@ -143,5 +143,6 @@ def train(
     result = run_guarded(go)
     if not distributed.is_main():
         return
+    pseudo = ", pseudo/ (self-training labels)" if (result.run_dir / "pseudo").is_dir() else ""
     console.print(f"run folder: {result.run_dir} (model.safetensors, metrics.jsonl, "
-                  "curves.png, samples/)")
+                  f"curves.png, samples/{pseudo})")

@@ -133,3 +133,25 @@ def test_resume_inside_a_round_equals_uninterrupted(tmp_path, domains):
             assert torch.equal(value, c[part][key]), (part, key)
     for key, value in a["opt_g"]["state"].items():
         assert torch.equal(value["exp_avg"], c["opt_g"]["state"][key]["exp_avg"])
+
+
+def test_cli_flags_reach_the_engine_and_bad_use_is_exit_2(tmp_path, domains):
+    from typer.testing import CliRunner
+
+    from stainadapt.cli.app import app
+
+    s, t = domains
+    args = ["train", "--source", str(s), "--target", str(t), "--backbone", "resnet18",
+            "--image-size", "64", "--batch-size", "2", "--steps-per-epoch", "1",
+            "--pretrain-epochs", "1", "--adv-epochs", "0", "--samples", "0",
+            "--device", "cpu"]
+    res = CliRunner().invoke(app, [*args, "--mode", "source-only", "--self-train-rounds", "1",
+                                   "--self-train-epochs", "1", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "pseudo/" in res.output and (tmp_path / "r" / "pseudo" / "round-1").is_dir()
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["phase"] for x in lines] == ["seg", "self"]
+    bad = CliRunner().invoke(app, [*args, "--mode", "sda", "--self-train-rounds", "1",
+                                   "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "unlabelled targets" in bad.output
+    assert "Traceback" not in bad.output
