@@ -35,9 +35,8 @@ def demo(
     if not is_quick:
         for line in verdict_lines(result, seed):
             stdout.print(line)
-    runs = result.get("runs") or [str(out / "source-only"), str(out / "uda")]
     stdout.print(
-        f"runs: {', '.join(runs)} (model.safetensors, metrics.jsonl); "
+        f"runs: {', '.join(result['runs'])} (model.safetensors, metrics.jsonl); "
         f"curves: {out / 'uda' / 'curves.png'}; overlays: {out / 'uda' / 'samples'}/; "
         f"table: {out / 'results.json'}; {result['seconds']:.0f} s"
         + (" (quick budget: not a meaningful comparison)" if is_quick else "")
@@ -54,7 +53,7 @@ def verdict_lines(result: dict, seed: int) -> list[str]:
     st_test = result.get("self_trained_beats_source_only_on_test")
     if st_val is not None:
         lines.append(f"UDA + self-training {said[st_val]} source-only on the validation split "
-                     f"and {said[bool(st_test)]} it on the test draw.")
+                     f"and {said[st_test]} it on the test draw.")
     if not (val and test):
         lines.append("note: over four seeds at this budget the adversarial term alone lowers "
                      "Masson Dice; self-training on the model's own target predictions "

@@ -198,9 +198,6 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
     so_model, _ = load_model(out / "source-only", device=dev)
     longer_model, _ = load_model(out / "source-only-longer", device=dev)
     uda_model, _ = load_model(out / "uda", device=dev)
-    models = {"uda": uda_model}
-    if SELF_TRAINED in runs:
-        models[SELF_TRAINED] = load_model(out / SELF_TRAINED, device=dev)[0]
     entries: list[tuple[str, str, Any, Any]] = [
         ("source-only", "source-only", so_model, None),
         (f"source-only, {budget.adv_epochs} more epochs (as many G updates as UDA)",
@@ -216,10 +213,10 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
             console.print(f"[yellow]Macenko baseline skipped:[/] {exc}")
     names = " + ".join(spec.split(":", 1)[0] for spec in budget.discs)  # specs: run's config
     entries.append((f"UDA ({names})", "uda", uda_model, None))
-    if SELF_TRAINED in models:
+    if SELF_TRAINED in runs:
         entries.append((f"UDA + self-training ({budget.self_train_rounds} rounds x "
                         f"{budget.self_train_epochs} epochs more)", SELF_TRAINED,
-                        models[SELF_TRAINED], None))
+                        load_model(out / SELF_TRAINED, device=dev)[0], None))
     for label, run, model, norm in entries:
         t = evaluate_model(model, t_items, dev, normalizer=norm)
         s = evaluate_model(model, s_items, dev)

@@ -84,7 +84,7 @@ from . import distributed
 from .checkpoint import atomic_write_text, non_finite, normalizer_to_meta, save_model
 from .losses import generator_adv_term, seg_loss
 from .report import write_curves, write_overlay
-from .schedule import epoch_phases, self_train_round
+from .schedule import PHASES, epoch_phases, self_train_round
 from .state import STATE_FILE, load_state, rng_state, save_state, set_rng_state
 
 __all__ = [
@@ -349,11 +349,7 @@ class Trainer:
         # Short adversarial runs swing from epoch to epoch (target Dice 0.0-0.35 between
         # neighbouring epochs on the synthetic demo); the average is what gets validated,
         # selected and saved, so one lucky or unlucky snapshot does not decide a run.
-        self.ema: Any = None
-        if cfg.ema > 0:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(self.model, decay=cfg.ema)
+        self.ema: Any = self._fresh_ema()
 
         # ---- bookkeeping
         self.epoch = 0
@@ -378,6 +374,14 @@ class Trainer:
         # self.discs stay the plain modules: state, validation and saving use those.
         self.g = distributed.wrap(self.model, self.device)
         self.d_ddp = [distributed.wrap(d, self.device) for d in self.discs]
+
+    def _fresh_ema(self) -> Any:
+        """A new moving average of G's current weights (``None`` when ``ema`` is 0)."""
+        if self.cfg.ema <= 0:
+            return None
+        from timm.utils import ModelEmaV3
+
+        return ModelEmaV3(self.model, decay=self.cfg.ema)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -693,9 +697,7 @@ class Trainer:
         """G from its averaged weights, a fresh Adam (current lr) and a fresh average."""
         if self.ema is not None:
             self.model.load_state_dict(self.ema.module.state_dict())
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(self.model, decay=self.cfg.ema)
+            self.ema = self._fresh_ema()
         lr = float(self.opt_g.param_groups[0]["lr"])  # keeps a rollback's lowering
         self.opt_g, self.fused = _make_adam(list(self.model.parameters()), lr,
                                             (self.cfg.beta1, self.cfg.beta2), self.device)
@@ -1121,7 +1123,7 @@ def summary_table(result: TrainResult, cfg: TrainConfig, oracle: bool = False) -
 
 def _phase_counts(cfg: TrainConfig) -> list[str]:
     phases = epoch_phases(cfg)
-    return [f"{p} {phases.count(p)}" for p in ("seg", "disc", "adv", "self") if p in phases]
+    return [f"{p} {phases.count(p)}" for p in PHASES if p in phases]
 
 
 # --------------------------------------------------------------------------- entry points

@@ -59,7 +59,8 @@ def test_demo_says_when_uda_loses_and_what_helped(tmp_path, monkeypatch):
         return {"rows": [row, {**row, "method": "UDA (mirrored + shape)", "dice": 0.4}],
                 "uda_beats_source_only": False, "uda_beats_source_only_on_test": True,
                 "self_trained_beats_source_only": True,
-                "self_trained_beats_source_only_on_test": True, "seconds": 1.0}
+                "self_trained_beats_source_only_on_test": True, "seconds": 1.0,
+                "runs": [str(out / "source-only"), str(out / "uda")]}
 
     monkeypatch.setattr(demo, "run_demo", fake)
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "cpu"])
