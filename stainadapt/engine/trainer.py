@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainConfig, dumps_toml, load_toml
+from ..data.splits import split_samples
 from ..device import resolve_device as _resolve_device
 from ..errors import InputError, ReportedInterrupt, RunFailure
 from . import distributed
@@ -122,18 +123,6 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "bf16":
         return torch.bfloat16
     return torch.bfloat16 if device.type == "cuda" else None  # auto
-
-
-def split_samples(samples: list[Any], val_fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded train/val split of one domain (same seed and files -> same split)."""
-    order = sorted(range(len(samples)), key=lambda i: samples[i].name)
-    random.Random(f"stainadapt-split-{seed}").shuffle(order)
-    n_val = int(round(len(samples) * val_fraction))
-    ok = val_fraction > 0 and len(samples) >= 2
-    n_val = min(max(n_val, 1), len(samples) - 1) if ok else 0
-    val = sorted((samples[i] for i in order[:n_val]), key=lambda s: s.name)
-    train = sorted((samples[i] for i in order[n_val:]), key=lambda s: s.name)
-    return train, val
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
