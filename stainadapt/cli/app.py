@@ -95,13 +95,7 @@ def root(
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"{__package__}.{_name}")
-    except ModuleNotFoundError as _exc:  # a command whose issue has not landed yet
-        if _exc.name != f"{__package__}.{_name}":
-            raise
-        continue
-    app.add_typer(_module.app)
+    app.add_typer(importlib.import_module(f"{__package__}.{_name}").app)
 
 
 def main() -> None:
