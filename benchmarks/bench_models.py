@@ -1,7 +1,7 @@
 """G against segmentation_models_pytorch's ``Unet("resnet34")``: size, FLOPs, train step.
 
 Run: ``python -m pytest benchmarks/bench_models.py`` (pytest-benchmark prints the
-timing table). Targets from issue 4, measured in the same process because the machine
+timing table). Targets, measured in the same process because the machine
 is shared and noisy: parameters within 10 %, forward FLOPs within 15 %, and a train step
 (batch 4, 256 px, Adam, BCE) no slower than 1.15x smp's. ``STAINADAPT_BENCH_SIZE`` and
 ``STAINADAPT_BENCH_BATCH`` change the input.

@@ -1,7 +1,7 @@
 """Our Macenko against torchstain's (torch backend), in the same process.
 
 Run: ``python -m pytest benchmarks/bench_normalizers.py --benchmark-group-by=group``
-(pytest-benchmark prints one table per case). Cases (issue 5):
+(pytest-benchmark prints one table per case). Cases:
 
 * ``fit+transform-1024`` / ``fit+transform-4096``: fit on scikit-image's
   immunohistochemistry image (512 px), then normalise one N x N image (the same image

@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/bench_predict.py [--model RUN] [--device cpu] [--size 1024]``.
 
-Targets from issue 7:
+Targets:
 
 * tiling overhead: predict throughput at least 0.8x the raw forward throughput on the
   same windows (tissue everywhere, so nothing is skipped). ``ratio`` below is

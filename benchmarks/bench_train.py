@@ -7,7 +7,7 @@ fixed batches, batch 4 per domain, 256 px, resnet34, augmentation off so only th
 networks are measured. ``STAINADAPT_BENCH_SIZE``, ``STAINADAPT_BENCH_BATCH`` and
 ``STAINADAPT_BENCH_BACKBONE`` change that (``STAINADAPT_BENCH_DEVICE``, ``..._AMP`` too).
 
-Issue 6's target (recorded, not asserted): the uda step with ``mirrored`` + ``shape``
+The target (recorded, not asserted): the uda step with ``mirrored`` + ``shape``
 costs no more than 1.2x what its FLOPs predict from the plain segmentation step measured
 in the same run, ``time_adv / time_seg <= 1.2 * flops_adv / flops_seg``. FLOPs of a whole
 step (forward and backward) are counted with ``torch.utils.flop_counter``. The ratio test

@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/predict_memory.py [--size 8192] [--model RUN] [--device cpu]``.
 
-Target from issue 7: peak RSS under 1.5 GB on CPU, and an ``size x size`` mask written.
+Target: peak RSS under 1.5 GB on CPU, and an ``size x size`` mask written.
 The slide is written tile by tile (tissue everywhere unless ``--glass``), so building it
 costs no memory; ``stainadapt predict`` then runs in a child process and its peak RSS is
 read from ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` (what ``/usr/bin/time -v`` reports),

@@ -49,15 +49,14 @@ def _overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) 
 
 def _validation_items(demo: Path, results: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """Masson validation images and masks, as the demo scored them."""
-    from stainadapt.config import load_toml
+    from stainadapt.config import TrainConfig, load_toml
     from stainadapt.data.folders import scan_domain
-    from stainadapt.engine.trainer import load_domain_images, split_samples
+    from stainadapt.data.splits import held_out
+    from stainadapt.engine.trainer import load_domain_images
 
-    config = load_toml(demo / "uda" / "config.toml")
-    target = Path(config.get("target") or Path(results["data"]) / "masson")
-    seed = int(config.get("seed", results.get("budget", {}).get("seed", 0)))
-    fraction = float(config.get("val_fraction", 0.2))
-    _, val = split_samples(scan_domain(target, require_masks=True), fraction, seed + 1)
+    config = TrainConfig(**load_toml(demo / "uda" / "config.toml"))
+    target = Path(config.target or Path(results["data"]) / "masson")
+    val = held_out(scan_domain(target, require_masks=True), config, "target")
     return load_domain_images(val, with_masks=True)
 
 

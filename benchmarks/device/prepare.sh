@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run HERE (the CPU machine, which reaches PyPI) before a GPU session: fills .whl/ with
+# Run HERE (the CPU machine, which reaches PyPI) before a GPU run: fills .whl/ with
 # what the GPU machine lacks. It has torch, timm, typer, rich, safetensors, tifffile,
 # scikit-image, pytest (/work/.library/device/KINDS.md) but no PyPI, no kornia and no
 # stainadapt. Python there is 3.12, so the compiled kornia_rs is fetched for cp312.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU session (issues 6, 10, 11): everything a lent H200 should measure,
+# One prepared GPU call: everything a lent H200 should measure,
 # in one call of the device tool, inside its 600 s limit. Usage, from the repo root:
 #
 #   bash benchmarks/device/prepare.sh                      # here, once (wheels)
@@ -13,9 +13,9 @@
 #   report  benchmarks/report.py three times: fp32 eager, bf16 + channels_last,
 #           bf16 + channels_last + torch.compile (batch 32, 256 px)
 #   table   benchmarks/paper_table.py, FULL budget, one seed, the rows that decide
-#           issue 11 (source-only, its longer twin, Macenko, UDA-sed, its alpha=0
-#           control, SDA-sed, UDA-sed + self-training); resumable: a later call
-#           continues it
+#           whether UDA closes the gap (source-only, its longer twin, Macenko, UDA-sed,
+#           its alpha=0 control, SDA-sed, UDA-sed + self-training); resumable: a later
+#           call continues it
 # STAGES="env smoke report" runs a subset. SA_DRY=1 runs the same plumbing on the CPU
 # with tiny sizes (what the test suite cannot check: this script itself).
 set -uo pipefail
@@ -36,7 +36,7 @@ if [ -n "${SA_DRY:-}" ]; then
     TABLE_ARGS="--budget tiny"
 else
     DEV=cuda; AMP=bf16; BATCH=32; SIZE=256; REPORT_EXTRA="--skip smp,macenko"
-    TABLE_ARGS="--budget full --seeds 1 --jobs 3"
+    TABLE_ARGS="--budget full --seeds 1"
 fi
 
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }

@@ -15,11 +15,18 @@ starts both contenders from it (``--init``), so they get the same number of G up
   the stage that lifts it, so the demo shows both.
 
 All are evaluated on the same held-out Masson validation split (the split the trainer
-makes with the run's seed) and on a fresh Masson draw of ``test_n`` tiles (the next data
-seed, never used in training or selection), together with the source-only model applied to
-Macenko-normalised Masson images (fitted to a PASM training image), the paper's
-stain-normalisation baseline. The budget fits in under 10 minutes on 2 CPU cores;
-``quick`` shrinks everything to well under a minute for CI.
+makes with the run's seed and ``val_fraction``) and on a fresh Masson draw of ``test_n``
+tiles (the next data seed, never used in training or selection), together with the
+source-only model applied to Macenko-normalised Masson images (fitted to a PASM training
+image), the paper's stain-normalisation baseline.
+
+The budget is ``stainadapt.recipes.DEMO``: G needs about 20 epochs of 10 steps to learn
+the source task, so s0 is long and the adaptation starts from the converged G; label
+flipping with S and T as separate BatchNorm batches; the paper's weights (alpha_e 0.01,
+alpha_d 0.05, alpha_s 0.1). It fits in under 10 minutes on 2 CPU cores; ``quick``
+(``recipes.DEMO_QUICK``) shrinks everything to well under a minute for CI. No weight
+tried beats the source G trained as long at this budget: the demo reports that, it does
+not hide it.
 """
 
 from __future__ import annotations
@@ -31,67 +38,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig
+from ..data.splits import held_out, run_splits
 from ..errors import InputError
+from ..recipes import DEMO, DEMO_QUICK, Recipe
 from .checkpoint import atomic_write_text, load_model
-from .trainer import evaluate_model, load_domain_images, resolve_device, split_samples, train
+from .trainer import evaluate_model, load_domain_images, resolve_device, train
 
-__all__ = ["DemoBudget", "FULL", "QUICK", "DemoRow", "run_demo", "quick_requested",
-           "SELF_TRAINED"]
+__all__ = ["DemoRow", "run_demo", "quick_requested", "results_table", "SELF_TRAINED"]
 
 SELF_TRAINED = "uda-self-training"  # the run folder of UDA followed by self-training
-
-
-@dataclass(frozen=True)
-class DemoBudget:
-    backbone: str = "resnet18"
-    image_size: int = 96
-    batch_size: int = 4
-    pretrain_epochs: int = 6
-    disc_epochs: int = 1
-    adv_epochs: int = 4
-    steps_per_epoch: int = 10
-    discs: tuple[str, ...] = ("mirrored", "shape")
-    adv_loss: str = "flip"
-    disc_lr: float = 1e-3
-    lr: float = 3e-4
-    dice_weight: float = 1.0
-    ema: float = 0.95  # both runs validate, select and save G's moving average
-    data_n: int | None = None  # None: the default cached data set
-    data_size: int | None = None
-    # A second synthetic draw (data seed + 1) never seen in training or selection: the
-    # validation split is 10 images, and its Dice moves by ~0.1 with the draw alone.
-    test_n: int = 64
-    seed: int = 0
-    # self-training after UDA (the uda-self-training run); 0 rounds: no such run
-    self_train_rounds: int = 2
-    self_train_epochs: int = 12
-    # The same rule for every run, no target labels. Not "source": with acquisition
-    # jitter the PASM validation Dice saturates (0.96-0.98) within a few epochs while the
-    # Masson Dice keeps rising (0.1 -> 0.6 over s0), so the best PASM epoch is an early,
-    # arbitrary one (session 6: epoch 11 of 25 at Masson 0.21, the last at 0.60).
-    select: str = "last"
-
-
-# Measured (benchmarks/RESULTS.md, "Demo" to "Acquisition jitter"): G needs about 20
-# epochs of 10 steps to learn the source task at all; adversarial epochs on a G that has
-# not (session 2: s0 = 4) changed nothing measurable. So s0 is long and the adaptation
-# starts from the converged G. Label flipping (non-saturating) with S and T as separate
-# BatchNorm batches. The weights are the paper's (alpha_e 0.01, alpha_d 0.05, alpha_s
-# 0.1): with acquisition jitter (session 6) they beat 0.1 / 0.1 / 0.1 on three seeds of
-# four (mean test Dice 0.40 vs 0.37), but no weight tried beats the source G trained as
-# long on this budget: the demo reports that, it does not hide it.
-FULL = DemoBudget(
-    lr=3e-4,
-    disc_lr=1e-4,
-    pretrain_epochs=25,
-    disc_epochs=2,
-    adv_epochs=12,
-    discs=("mirrored:weight_encoder=0.01,weight_decoder=0.05", "shape:weight=0.1"),
-)
-QUICK = DemoBudget(image_size=64, batch_size=2, pretrain_epochs=1, disc_epochs=1,
-                   adv_epochs=1, steps_per_epoch=2, data_n=10, data_size=128, test_n=4,
-                   self_train_rounds=1, self_train_epochs=1)
 
 
 def quick_requested(flag: bool = False) -> bool:
@@ -116,7 +71,7 @@ class DemoRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _dataset(budget: DemoBudget, test: bool = False) -> Path:
+def _dataset(budget: Recipe, test: bool = False) -> Path:
     """The training data set, or (``test``) the held-out draw with the next data seed."""
     from ..data.cache import DEFAULT_SEED, default_dataset
 
@@ -132,7 +87,7 @@ def _dataset(budget: DemoBudget, test: bool = False) -> Path:
 
 def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: Any = None,
              progress: bool = False, device: str = "auto",
-             budget: DemoBudget | None = None, seed: int | None = None) -> dict[str, Any]:
+             budget: Recipe | None = None, seed: int | None = None) -> dict[str, Any]:
     """Train the demo's runs into ``out/`` and return the table rows and where things are.
 
     ``seed`` (default: the budget's) draws the splits, crops and initial weights; at the
@@ -141,39 +96,31 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
     from ..data.folders import scan_domain
     from ..registry import create
 
-    budget = budget or (QUICK if quick else FULL)
+    budget = budget or (DEMO_QUICK if quick else DEMO)
     if seed is not None:
         budget = replace(budget, seed=seed)
     out = Path(out)
     started = time.perf_counter()
     data = _dataset(budget)
     source, target = data / "pasm", data / "masson"
-    common = dict(
-        source=str(source), target=str(target), backbone=budget.backbone,
-        image_size=budget.image_size, batch_size=budget.batch_size,
-        steps_per_epoch=budget.steps_per_epoch, lr=budget.lr, device=device, seed=budget.seed,
-        dice_weight=budget.dice_weight, ema=budget.ema, select=budget.select,
-    )
+
+    def config(mode: str, name: str, **kw: Any) -> Any:
+        return budget.config(mode, source=str(source), target=str(target),
+                             out=str(out / name), device=device, **kw)
+
     base = str(out / "source-only")
     runs = {
-        "source-only": TrainConfig(out=base, mode="source-only", disc_epochs=0,
-                                   pretrain_epochs=budget.pretrain_epochs, adv_epochs=0,
-                                   **common),
-        "source-only-longer": TrainConfig(out=str(out / "source-only-longer"),
-                                          mode="source-only", init=base, disc_epochs=0,
-                                          pretrain_epochs=budget.adv_epochs, adv_epochs=0,
-                                          **common),
-        "uda": TrainConfig(out=str(out / "uda"), mode="uda", init=base,
-                           discs=list(budget.discs), adv_loss=budget.adv_loss,
-                           pretrain_epochs=0, disc_epochs=budget.disc_epochs,
-                           adv_epochs=budget.adv_epochs, disc_lr=budget.disc_lr, **common),
+        "source-only": config("source-only", "source-only", disc_epochs=0, adv_epochs=0),
+        "source-only-longer": config("source-only", "source-only-longer", init=base,
+                                     disc_epochs=0, pretrain_epochs=budget.adv_epochs,
+                                     adv_epochs=0),
+        "uda": config("uda", "uda", init=base, discs=budget.uda_discs, pretrain_epochs=0),
     }
     if budget.self_train_rounds:  # continues the UDA model: mode source-only = no D here
-        runs[SELF_TRAINED] = TrainConfig(
-            out=str(out / SELF_TRAINED), mode="source-only", init=str(out / "uda"),
-            pretrain_epochs=0, disc_epochs=0, adv_epochs=0,
-            self_train_rounds=budget.self_train_rounds,
-            self_train_epochs=budget.self_train_epochs, **common)
+        runs[SELF_TRAINED] = config(
+            "source-only", SELF_TRAINED, init=str(out / "uda"), pretrain_epochs=0,
+            disc_epochs=0, adv_epochs=0, self_train_rounds=budget.self_train_rounds,
+            self_train_epochs=budget.self_train_epochs)
     for cfg in runs.values():  # the demo owns these folders: replace an older demo's
         _remove_old_run(Path(cfg.out), console)
     seconds: dict[str, float] = {}
@@ -184,11 +131,10 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
         train(cfg, console=console, progress=progress)
         seconds[name] = time.perf_counter() - t0
 
-    # The Masson validation split the trainer held out (same seed => same split).
+    # The validation splits the trainer held out of the runs (all share seed and fraction).
     dev = resolve_device(device)
-    seed = common["seed"]
-    _, t_val = split_samples(scan_domain(target, require_masks=True), 0.2, seed + 1)
-    s_train, s_val = split_samples(scan_domain(source, require_masks=True), 0.2, seed)
+    t_val = held_out(scan_domain(target, require_masks=True), runs["uda"], "target")
+    s_train, s_val = run_splits(scan_domain(source, require_masks=True), runs["uda"], "source")
     t_items = load_domain_images(t_val, with_masks=True)
     s_items = load_domain_images(s_val, with_masks=True)
     test = _dataset(budget, test=True) / "masson"
@@ -211,7 +157,7 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
     except Exception as exc:  # noqa: BLE001 - the baseline is optional; say why it is absent
         if console is not None:
             console.print(f"[yellow]Macenko baseline skipped:[/] {exc}")
-    names = " + ".join(spec.split(":", 1)[0] for spec in budget.discs)  # specs: run's config
+    names = " + ".join(spec.split(":", 1)[0] for spec in runs["uda"].discs)
     entries.append((f"UDA ({names})", "uda", uda_model, None))
     if SELF_TRAINED in runs:
         entries.append((f"UDA + self-training ({budget.self_train_rounds} rounds x "
@@ -225,7 +171,7 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
                             t["accuracy_std"], t["n"], source_dice=s.get("dice"),
                             test_dice=x["dice"], test_dice_std=x["dice_std"], test_n=x["n"]))
     # UDA against the plain source-only models (not the Macenko row): the demo's claim,
-    # on the validation split (issue 6) and on the larger held-out test draw
+    # on the validation split and on the larger held-out test draw
     by_run = {run: r for r, (_, run, _, norm) in zip(rows, entries, strict=True)
               if norm is None}
     plain = [by_run["source-only"], by_run["source-only-longer"]]

@@ -1,4 +1,4 @@
-"""benchmarks/device/run.sh: the one-call GPU session script, checked on the CPU.
+"""benchmarks/device/run.sh: the one-call GPU script, checked on the CPU.
 
 No GPU is needed to find the mistakes that would waste a lent machine's 15 minutes: a
 shell syntax error, a stage that no longer matches the CLI, a deadline that does not
