@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .schedule import epoch_phases
 
 __all__ = [
     "MODES",
@@ -178,9 +179,7 @@ class TrainConfig:
         return len(self.phases())
 
     def phases(self) -> list[str]:
-        """The phase of every epoch, in order (see :mod:`stainadapt.engine.schedule`)."""
-        from .engine.schedule import epoch_phases
-
+        """The phase of every epoch, in order (see :mod:`stainadapt.schedule`)."""
         return epoch_phases(self)
 
     def as_dict(self) -> dict[str, Any]:
