@@ -1,6 +1,6 @@
-"""benchmarks/device/run.sh: the one-call GPU session script, checked on the CPU.
+"""benchmarks/device/run.sh: the GPU benchmark script (one call, all stages), on the CPU.
 
-No GPU is needed to find the mistakes that would waste a lent machine's 15 minutes: a
+No GPU is needed to find the mistakes that would waste a GPU run's time budget: a
 shell syntax error, a stage that no longer matches the CLI, a deadline that does not
 cut stages. ``SA_DRY=1`` runs the same stages on the CPU with tiny sizes.
 """

@@ -41,7 +41,7 @@ def test_methods_table_is_consistent(pt):
         if m.depends_on is not None:
             assert ids.index(m.depends_on) < ids.index(m.id)
     assert pt.BY_ID["source-only"].init is None and pt.BY_ID["source-only"].schedule == "s0"
-    # the rows are all there, and the two baselines of the shared-G schedule
+    # every row of the paper's tables is there, and the two baselines of the shared-G schedule
     for mid in ("source-only", "target-only", "st-scratch", "sda-s", "sda-sed", "macenko",
                 "reinhard", "vahadane", "source-only-jitter", "sf-4", "sf-9", "afc", "uda-e",
                 "uda-d", "uda-ed", "uda-s", "uda-sed", "uda-sed-jitter",
