@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -26,11 +25,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "engine"))
-from test_trainer_data import make_domain  # noqa: E402
-
-from stainadapt.config import TrainConfig  # noqa: E402
-from stainadapt.engine.trainer import Trainer  # noqa: E402
+from stainadapt.config import TrainConfig
+from stainadapt.engine.trainer import Trainer
+from stainadapt.testing import make_domain
 
 SIZE = int(os.environ.get("STAINADAPT_BENCH_SIZE", "256"))
 BATCH = int(os.environ.get("STAINADAPT_BENCH_BATCH", "4"))

@@ -188,7 +188,7 @@ def schedule_epochs(method: Method, budget: Recipe) -> dict[str, int]:
     """``pretrain_epochs``/``disc_epochs``/``adv_epochs`` of a trained row (its schedule).
 
     In ``source-only`` mode and in ``sda`` without a discriminator every epoch is a seg
-    epoch (``engine/schedule.py``), so only their sum counts there.
+    epoch (``stainadapt/schedule.py``), so only their sum counts there.
     """
     s0, d0, adv = budget.pretrain_epochs, budget.disc_epochs, budget.adv_epochs
     return {

@@ -20,16 +20,11 @@ or notebook without packaging it::
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, PluginError, RunFailure, StainadaptError
 from .registry import create, list_plugins, parse_spec, register
-
-try:
-    __version__ = metadata.version("stainadapt")
-except metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+from .version import __version__
 
 # name -> (module, attribute): imported on first use (torch, timm, ... load only then)
 _LAZY = {

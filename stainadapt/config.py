@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .schedule import epoch_phases
 
 __all__ = [
     "MODES",
@@ -70,10 +71,11 @@ class TrainConfig:
     # average (0: off, the paper's plain weights). Short runs: 0.95; long ones: 0.999.
     ema: float = 0.0
     # G runs the source and the target part of a batch as separate BatchNorm batches
-    # (SegmentationNet.forward(split=...)); false: one mixed batch (session 1's form)
+    # (SegmentationNet.forward(split=...)), so neither stain is normalised with the
+    # other's statistics; false: one mixed batch of both domains
     domain_batchnorm: bool = True
-    # Self-training after the schedule above (not in the paper; benchmarks/RESULTS.md,
-    # "BatchNorm handling and learning rates", measured it on four seeds): each round
+    # Self-training after the schedule above (not in the paper; figures in
+    # benchmarks/RESULTS.md, "BatchNorm handling and learning rates"): each round
     # labels the target *training* split with G's current model (p > threshold), then
     # trains G for self_train_epochs epochs on S labels + those pseudo-labels, no
     # discriminators. uda and source-only (with --target) only; target masks are never read.
@@ -90,8 +92,9 @@ class TrainConfig:
     select: str | None = None  # None: target in sda, last in uda, source in source-only
     augment: bool = True
     stain_jitter: float = 0.0
-    # blur, noise and lower contrast per image (data/augment.py acquisition_jitter); with
-    # ``augment`` only. 1.0 since session 6: benchmarks/RESULTS.md "Acquisition jitter".
+    # blur, noise and lower contrast per image (data/augment.py acquisition_jitter), so
+    # the domains cannot be told apart by their scanner alone; with ``augment`` only.
+    # Figures: benchmarks/RESULTS.md, "Acquisition jitter".
     acquisition_jitter: float = 1.0
     normalize: str | None = None
     reference: str | None = None
@@ -178,9 +181,7 @@ class TrainConfig:
         return len(self.phases())
 
     def phases(self) -> list[str]:
-        """The phase of every epoch, in order (see :mod:`stainadapt.engine.schedule`)."""
-        from .engine.schedule import epoch_phases
-
+        """The phase of every epoch, in order (see :mod:`stainadapt.schedule`)."""
         return epoch_phases(self)
 
     def as_dict(self) -> dict[str, Any]:

@@ -146,7 +146,7 @@ class ExportReport:
 
 
 def _contract(meta: dict[str, Any], fmt: str, baked_in: bool) -> dict[str, Any]:
-    from . import __version__
+    from .version import __version__
 
     outputs: dict[str, Any] = {
         "name": OUTPUT_NAME,

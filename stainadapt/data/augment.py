@@ -73,11 +73,11 @@ def acquisition_jitter(strength: float = 1.0) -> list[nn.Module]:
     quarter less contrast, twice the blur and three times the noise of PASM (real slides
     differ the same way between labs and scanners). A G trained without these cues
     varying treats them as evidence; the domain discriminators then tell S from T by them
-    alone (accuracy 0.95-1.0, benchmarks/RESULTS.md, session 6) and their gradient says
-    nothing about the stain. nnU-Net's default pipeline randomises the same three things.
-    ``strength`` 1 (per image): contrast x U(0.7, 1) with p 0.3, Gaussian blur sigma
-    U(0.1, 1.0) px with p 0.5, additive Gaussian noise std 0.02 (about 5 grey levels)
-    with p 0.5; the ranges scale with ``strength``.
+    alone (accuracy 0.95-1.0, benchmarks/RESULTS.md "Acquisition jitter") and their
+    gradient says nothing about the stain. nnU-Net's default pipeline randomises the same
+    three things. ``strength`` 1 (per image): contrast x U(0.7, 1) with p 0.3, Gaussian
+    blur sigma U(0.1, 1.0) px with p 0.5, additive Gaussian noise std 0.02 (about 5 grey
+    levels) with p 0.5; the ranges scale with ``strength``.
     """
     import kornia.augmentation as K
 

@@ -30,7 +30,15 @@ class CropDataset(Dataset):
     Item ``i`` is a crop of image ``i % len(samples)`` at a position drawn from a
     generator seeded by ``(seed, epoch, i)`` -- call :meth:`set_epoch` each epoch for new
     crops; the same seed and epoch give the same crops in any worker. Images smaller than
-    the crop are reflect-padded. Images are read lazily and kept in memory.
+    the crop are reflect-padded.
+
+    Every image an item can reach (the first ``min(length, len(samples))``) is decoded
+    once, here, in the process that builds the dataset, and kept in memory: DataLoader
+    workers are new processes every epoch (no ``persistent_workers``, so that
+    :meth:`set_epoch` reaches them), and forked workers inherit the decoded arrays
+    instead of decoding them again. Memory: one uint8 ``(H, W, 3)`` array and one mask
+    per image, shared copy-on-write with the workers -- what a worker-less run keeps
+    after its first epoch.
 
     Items: ``{"image": uint8 (3, S, S), "mask": float32 (1, S, S), "name": str}``
     (``"mask"`` only when ``with_masks`` is true).
@@ -59,7 +67,8 @@ class CropDataset(Dataset):
         self.with_masks = with_masks
         self.mask_threshold = mask_threshold
         self.epoch = 0
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        used = min(self.length, len(self.samples))  # item i reads image i % len(samples)
+        self._decoded = [self._decode(self.samples[k]) for k in range(used)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -67,21 +76,19 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _load(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
-        if k not in self._cache:
-            s = self.samples[k]
-            img = pad_to(read_image(s.image), self.crop_size)
-            mask = None
-            if self.with_masks:
-                mask = pad_to(read_mask(s.mask, threshold=self.mask_threshold), self.crop_size)
-            self._cache[k] = (img, mask)
-        return self._cache[k]
+    def _decode(self, s: Sample) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(image (H, W, 3) uint8, mask (H, W) or None)``, padded up to the crop size."""
+        img = pad_to(read_image(s.image), self.crop_size)
+        mask = None
+        if self.with_masks:
+            mask = pad_to(read_mask(s.mask, threshold=self.mask_threshold), self.crop_size)
+        return img, mask
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.length:
             raise IndexError(i)
         k = i % len(self.samples)
-        img, mask = self._load(k)
+        img, mask = self._decoded[k]
         rng = np.random.default_rng([self.seed, self.epoch, i])
         h, w = img.shape[:2]
         c = self.crop_size

@@ -100,7 +100,7 @@ def scan_domain(
 
     samples: list[Sample] = []
     for name, mpath in masks.items():
-        if name not in images:
+        if images and name not in images:  # no images at all: the one line above says so
             problems.append(f"{mpath}: mask without image (no images/{name}.*)")
     for name, ipath in images.items():
         mpath = masks.get(name)

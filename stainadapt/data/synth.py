@@ -509,7 +509,7 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write ``out/<stain>/images/*.png``, ``out/<stain>/masks/*.png`` and ``out/README.txt``."""
-    from .. import __version__
+    from ..version import __version__
     from .io import write_image
 
     out = Path(out)

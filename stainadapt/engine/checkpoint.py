@@ -187,7 +187,7 @@ def save_model(run_dir: str | os.PathLike[str], model: Any, meta: dict[str, Any]
     """
     from safetensors.torch import save as st_save
 
-    from .. import __version__
+    from ..version import __version__
 
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)

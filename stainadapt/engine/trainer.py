@@ -81,11 +81,11 @@ from ..config import TrainConfig, dumps_toml, load_toml
 from ..data.splits import split_samples
 from ..device import resolve_device as _resolve_device
 from ..errors import InputError, ReportedInterrupt, RunFailure
+from ..schedule import PHASES, epoch_phases, self_train_round
 from . import distributed
 from .checkpoint import atomic_write_text, non_finite, normalizer_to_meta, save_model
 from .losses import generator_adv_term, seg_loss
 from .report import write_curves, write_overlay
-from .schedule import PHASES, epoch_phases, self_train_round
 from .state import STATE_FILE, load_state, rng_state, save_state, set_rng_state
 
 __all__ = [

@@ -83,8 +83,8 @@ def load_normalizer(
     spec: str, reference: Path | str | None, device: str | torch.device = "cpu"
 ) -> Any:
     """Create the normaliser ``spec`` (e.g. ``"macenko:alpha=1"``), fitted to ``reference``."""
-    from .. import create
     from ..data.io import read_image
+    from ..registry import create
 
     norm = create("normalizers", spec).to(resolve_device(device))
     if reference is not None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["check_backbone", "check_discriminator", "check_normalizer"]
+__all__ = ["check_backbone", "check_discriminator", "check_normalizer", "make_domain"]
 
 _WHERE = {
     "check_backbone": "stainadapt.testing.backbones",
     "check_discriminator": "stainadapt.testing.discriminators",
     "check_normalizer": "stainadapt.testing.normalizers",
+    "make_domain": "stainadapt.testing.data",
 }
 
 

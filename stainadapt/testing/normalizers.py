@@ -52,7 +52,7 @@ def check_normalizer(spec: str, device: str | torch.device = "cpu", **overrides:
     tile gives no NaN and comes back unchanged; ``state_dict`` round trip into a fresh
     instance reproduces the output; ``.to(device)`` moves the buffers.
     """
-    from stainadapt import create
+    from stainadapt.registry import create
 
     dev = torch.device(device)
     norm = create("normalizers", spec, **overrides)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 import tomllib
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from stainadapt.cli.app import app
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from test_trainer_data import make_domain  # noqa: E402
+from stainadapt.testing import make_domain
 
 runner = CliRunner()
 

@@ -74,6 +74,18 @@ def test_empty_and_missing(tmp_path):
         scan_domain(tmp_path / "noimg", require_masks=False)
 
 
+def test_empty_images_folder_is_one_line(tmp_path):
+    root = make_domain(tmp_path / "d", names=("a", "b", "c"))
+    for image in (root / "images").iterdir():
+        image.unlink()
+    with pytest.raises(InputError) as info:
+        scan_domain(root, require_masks=True)
+    lines = str(info.value).splitlines()
+    assert "1 problem" in lines[0] and len(lines) == 2, lines
+    assert lines[1].startswith(f"{root / 'images'}: no images")
+    assert "without image" not in str(info.value)
+
+
 def test_verify_mask_values(tmp_path):
     root = make_domain(tmp_path / "d", names=("a",))
     write_image(root / "masks" / "a.png", (np.arange(32 * 40) % 3).astype(np.uint8).reshape(32, 40))

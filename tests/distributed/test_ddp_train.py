@@ -12,12 +12,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from test_trainer_data import make_domain  # noqa: E402
+from stainadapt.testing import make_domain
 
 TIMEOUT = 240
 

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from stainadapt.engine import distributed
 from stainadapt.errors import InputError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from test_trainer_data import make_domain  # noqa: E402
+from stainadapt.testing import make_domain
 
 
 def test_backend_follows_the_device():

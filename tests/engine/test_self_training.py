@@ -8,15 +8,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_trainer_data import make_domain
 
 from stainadapt.config import TrainConfig
 from stainadapt.data.io import read_image, read_mask
-from stainadapt.engine.schedule import epoch_phases, self_train_round
 from stainadapt.engine.state import load_state
 from stainadapt.engine.trainer import Trainer, predict_probs, resume, train
 from stainadapt.errors import InputError
 from stainadapt.models.unet import SegmentationNet
+from stainadapt.schedule import epoch_phases, self_train_round
+from stainadapt.testing import make_domain
 
 TINY = dict(backbone="resnet18", image_size=64, batch_size=2, steps_per_epoch=2,
             pretrain_epochs=1, disc_epochs=1, adv_epochs=1, device="cpu", samples=0,

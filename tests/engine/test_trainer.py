@@ -7,13 +7,13 @@ import shutil
 
 import pytest
 import torch
-from test_trainer_data import make_domain
 
 from stainadapt.config import TrainConfig
 from stainadapt.engine.checkpoint import load_model
 from stainadapt.engine.state import load_state
 from stainadapt.engine.trainer import Trainer, resume, train
 from stainadapt.errors import InputError, PluginError
+from stainadapt.testing import make_domain
 
 TINY = dict(backbone="resnet18", image_size=64, batch_size=2, steps_per_epoch=1,
             pretrain_epochs=1, disc_epochs=1, adv_epochs=1, device="cpu", samples=1)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_trainer_data import make_domain
 
 from stainadapt.config import TrainConfig
 from stainadapt.engine.losses import generator_adv_term
 from stainadapt.engine.trainer import train
+from stainadapt.testing import make_domain
 
 
 def test_generator_term_falls_as_the_discriminator_errs():

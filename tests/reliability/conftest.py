@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from test_trainer_data import make_domain  # noqa: E402
+from stainadapt.testing import make_domain
 
 #: The smallest run that still goes through every code path (resnet18, 64 px crops).
 TINY = dict(backbone="resnet18", image_size=64, batch_size=2, steps_per_epoch=2,

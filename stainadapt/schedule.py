@@ -11,21 +11,34 @@
 ``source-only`` has no discriminators: it trains G on L_seg for ``s0 + adv`` epochs, so
 it gets exactly as many G updates as the adapted runs it is compared with. ``sda`` without
 discriminators is the paper's "S + T" row: G on both domains' labels, all epochs ``seg``.
+
+Config and engine both read it, so it sits below both and imports neither: a run's
+:class:`~stainadapt.config.TrainConfig` is read only through the fields of
+:class:`ScheduleFields`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ..config import TrainConfig
-
-__all__ = ["PHASES", "epoch_phases", "self_train_round"]
+__all__ = ["PHASES", "ScheduleFields", "epoch_phases", "self_train_round"]
 
 PHASES = ("seg", "disc", "adv", "self")
 
 
-def epoch_phases(config: TrainConfig) -> list[str]:
+class ScheduleFields(Protocol):
+    """The fields of a run configuration that decide its schedule."""
+
+    mode: str
+    discs: list[str]
+    pretrain_epochs: int
+    disc_epochs: int
+    adv_epochs: int
+    self_train_rounds: int
+    self_train_epochs: int
+
+
+def epoch_phases(config: ScheduleFields) -> list[str]:
     """The phase of every epoch of a run, in order."""
     self_train = ["self"] * (config.self_train_rounds * config.self_train_epochs)
     if config.mode == "source-only" or not config.discs:  # incl. sda as plain S + T training
@@ -38,7 +51,7 @@ def epoch_phases(config: TrainConfig) -> list[str]:
     )
 
 
-def self_train_round(config: TrainConfig, epoch: int) -> tuple[int, bool] | None:
+def self_train_round(config: ScheduleFields, epoch: int) -> tuple[int, bool] | None:
     """``(round, first epoch of the round?)`` of a ``self`` epoch (rounds count from 1)."""
     first = len(epoch_phases(config)) - config.self_train_rounds * config.self_train_epochs
     if config.self_train_rounds == 0 or epoch < first:
