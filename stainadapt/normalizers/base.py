@@ -12,6 +12,10 @@ A concrete normaliser supplies three pieces of maths, all batched over images:
   ``_transform(x, params)``: intensities ``(B, 3, S)`` (0..255; uint8 as given, or
   float) -> normalised intensities ``(B, 3, S)`` (0..255, float).
 
+and, to be baked into an exported model, ``exportable()``: its trace-friendly twin (see
+:mod:`~stainadapt.normalizers.exportable`). The built-ins compute all four from one
+functional core per method (:mod:`~stainadapt.normalizers.ops`).
+
 The base class turns this into ``fit(reference)`` and ``forward(images)`` with one
 contract for every normaliser: uint8 ``(3, H, W)`` or ``(B, 3, H, W)`` (or float in
 0..1) in, the same dtype, shape and device out; statistics from a bounded seeded
@@ -29,9 +33,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .od import sample_pixels
+from .od import sample_pixels, tissue_from_intensity
+from .ops import PixelSample
 
-__all__ = ["StainNormalizer", "TissueWarning", "as_batch"]
+__all__ = ["StainNormalizer", "TissueWarning", "as_batch", "not_exportable"]
 
 
 class TissueWarning(UserWarning):
@@ -73,6 +78,15 @@ def as_batch(images: Any, allow_numpy: bool = False) -> tuple[Tensor, bool, bool
     if batch.shape[-1] * batch.shape[-2] == 0:
         raise InputError(f"normaliser input is empty: shape {tuple(images.shape)}")
     return batch, squeezed, images.dtype.is_floating_point
+
+
+def not_exportable(normalizer: Any) -> InputError:
+    """The error for a normaliser that has no trace-friendly twin to export."""
+    return InputError(
+        f"cannot bake a {type(normalizer).__name__} normaliser into an exported model "
+        "(it has no trace-friendly twin: its exportable() is not implemented); "
+        "export without it (--no-normalizer) and normalise the images first"
+    )
 
 
 def _caller_stacklevel() -> int:
@@ -158,6 +172,17 @@ class StainNormalizer(nn.Module):
     def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
         raise NotImplementedError
 
+    def exportable(self) -> nn.Module:
+        """The trace-friendly twin of this fitted normaliser, for ``stainadapt export``.
+
+        A ``nn.Module`` mapping ``float (B, 3, H, W)`` intensities 0..255 to the
+        normalised image, the same shape, rounded to integers, with no Python branch on
+        the data (see :mod:`~stainadapt.normalizers.exportable`); float32 buffers.
+        Normalisers without one raise :class:`~stainadapt.errors.InputError`, so export
+        asks for ``--no-normalizer``.
+        """
+        raise not_exportable(self)
+
     # -- shared machinery ----------------------------------------------------------------
     def _ref_tensor(self) -> Tensor:
         for b in self.buffers():
@@ -175,6 +200,12 @@ class StainNormalizer(nn.Module):
         n = tissue.sum(dim=1)
         need = max(16.0, self.min_tissue * tissue.shape[1])
         return n >= need
+
+    def _pixel_sample(self, x: Tensor) -> PixelSample:
+        """The :class:`PixelSample` of a statistics sample ``x`` ``(B, 3, K)``, all valid."""
+        tissue = tissue_from_intensity(x, self.io, self.beta)
+        enough = self._enough_tissue(tissue)
+        return PixelSample(x, tissue, enough, None, x.shape[2], self.compute_dtype)
 
     def _sample(self, batch: Tensor, is_float: bool) -> Tensor:
         """Seeded pixel subsample ``(B, 3, K)``: uint8 stays uint8, floats become 0..255."""

@@ -15,7 +15,7 @@ Conventions (see ``docs/normalizers.md``):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -78,9 +78,18 @@ def plus_one(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x.to(dtype, copy=True).add_(1.0)
 
 
-def od_from_intensity(x: Tensor, io: float, dtype: torch.dtype) -> Tensor:
-    """Optical density ``-ln((I + 1) / Io)`` of intensities in 0..255, in ``dtype``."""
-    return intensity_to_log(x, dtype).neg_().add_(math.log(io))
+def od_from_intensity(
+    x: Tensor,
+    io: float,
+    dtype: torch.dtype,
+    log1: Callable[[Tensor, torch.dtype], Tensor] = intensity_to_log,
+) -> Tensor:
+    """Optical density ``-ln((I + 1) / Io)`` of intensities in 0..255, in ``dtype``.
+
+    ``log1(x, dtype)`` computes ``ln(I + 1)`` as a new tensor (the trace-friendly
+    normalisers pass one without numpy).
+    """
+    return log1(x, dtype).neg_().add_(math.log(io))
 
 
 def tissue_mask(od: Tensor, beta: float) -> Tensor:
