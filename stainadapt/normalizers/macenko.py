@@ -38,7 +38,9 @@ __all__ = [
     "DEFAULT_MAX_CONCENTRATIONS",
     "DEFAULT_STAIN_MATRIX",
     "ExportableMacenko",
+    "ExportableStainNormalizer",
     "Macenko",
+    "StainVectorNormalizer",
     "concentration_statistics",
     "macenko_params",
     "macenko_stains",
@@ -179,7 +181,40 @@ def macenko_transform(x: Tensor, params: tuple[Tensor, ...], ops: Ops = EAGER) -
     return ops.exp_(torch.bmm(m, ops.log1(x, m.dtype)).add_(c))
 
 
-class Macenko(StainNormalizer):
+class StainVectorNormalizer(StainNormalizer):
+    """Base of the stain-vector normalisers (Macenko, Vahadane): their fitted reference.
+
+    Buffers ``stain_matrix`` ``(3, 2)`` (columns H, E; natural-log OD) and
+    ``max_concentrations`` ``(2,)``, registered by :meth:`_register_reference`; before
+    :meth:`fit` they hold the literature's standard H&E reference.
+    """
+
+    percentile: float
+
+    def _register_reference(self) -> None:
+        self.register_buffer("stain_matrix", torch.tensor(DEFAULT_STAIN_MATRIX))
+        self.register_buffer("max_concentrations", torch.tensor(DEFAULT_MAX_CONCENTRATIONS))
+
+    def _set_reference(self, stats: dict[str, Tensor]) -> None:
+        self.stain_matrix.copy_(stats["stain_matrix"][0])
+        self.max_concentrations.copy_(stats["max_concentrations"][0])
+
+    def _reference(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The fitted buffers in the dtype and device of ``like``."""
+        ref = self.stain_matrix.to(like.device, like.dtype)
+        return ref, self.max_concentrations.to(ref)
+
+
+class ExportableStainNormalizer(ExportableNormalizer):
+    """Base of the stain-vector twins: the percentile and the fitted reference (float32)."""
+
+    def __init__(self, source: StainVectorNormalizer) -> None:
+        super().__init__(source)
+        self.percentile = float(source.percentile)
+        self._copy_buffers(source, "stain_matrix", "max_concentrations")
+
+
+class Macenko(StainVectorNormalizer):
     """Macenko normaliser; an ``nn.Module`` whose buffers are the fitted reference.
 
     Args:
@@ -212,20 +247,10 @@ class Macenko(StainNormalizer):
             raise InputError(f"percentile must be in (0, 100]; got {percentile}")
         self.alpha = float(alpha)
         self.percentile = float(percentile)
-        self.register_buffer("stain_matrix", torch.tensor(DEFAULT_STAIN_MATRIX))
-        self.register_buffer("max_concentrations", torch.tensor(DEFAULT_MAX_CONCENTRATIONS))
+        self._register_reference()
 
     def _statistics(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         return macenko_statistics(self._pixel_sample(x), self.io, self.alpha, self.percentile)
-
-    def _set_reference(self, stats: dict[str, Tensor]) -> None:
-        self.stain_matrix.copy_(stats["stain_matrix"][0])
-        self.max_concentrations.copy_(stats["max_concentrations"][0])
-
-    def _reference(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """The fitted buffers in the dtype and device of ``like``."""
-        ref = self.stain_matrix.to(like.device, like.dtype)
-        return ref, self.max_concentrations.to(ref)
 
     def _params(self, stats: dict[str, Tensor]) -> tuple[Tensor, ...]:
         return macenko_params(stats, *self._reference(stats["pinv"]), self.io)
@@ -237,14 +262,12 @@ class Macenko(StainNormalizer):
         return ExportableMacenko(self)
 
 
-class ExportableMacenko(ExportableNormalizer):
+class ExportableMacenko(ExportableStainNormalizer):
     """:class:`Macenko`'s trace-friendly twin (see :mod:`~stainadapt.normalizers.exportable`)."""
 
     def __init__(self, source: Macenko) -> None:
         super().__init__(source)
         self.alpha = float(source.alpha)
-        self.percentile = float(source.percentile)
-        self._copy_buffers(source, "stain_matrix", "max_concentrations")
 
     def _fit(self, sample: PixelSample) -> tuple[tuple[Tensor, ...], Tensor]:
         stats, ok = macenko_statistics(sample, self.io, self.alpha, self.percentile, TRACEABLE)

@@ -27,11 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .base import StainNormalizer
-from .exportable import TRACEABLE, ExportableNormalizer
+from .exportable import TRACEABLE
 from .macenko import (
-    DEFAULT_MAX_CONCENTRATIONS,
     DEFAULT_STAIN_MATRIX,
+    ExportableStainNormalizer,
+    StainVectorNormalizer,
     concentration_statistics,
     macenko_stains,
 )
@@ -177,7 +177,7 @@ def vahadane_transform(
     return ops.exp_(torch.bmm(ref, conc).neg_().add_(math.log(io)))
 
 
-class Vahadane(StainNormalizer):
+class Vahadane(StainVectorNormalizer):
     """Vahadane normaliser (sparse NMF stain vectors); an ``nn.Module``.
 
     Args:
@@ -213,22 +213,15 @@ class Vahadane(StainNormalizer):
         self.lam = float(lam)
         self.n_iter = int(n_iter)
         self.nmf_samples = int(nmf_samples)
-        self.register_buffer("stain_matrix", torch.tensor(DEFAULT_STAIN_MATRIX))
-        self.register_buffer("max_concentrations", torch.tensor(DEFAULT_MAX_CONCENTRATIONS))
+        self._register_reference()
 
     def _statistics(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         return vahadane_statistics(
             self._pixel_sample(x), self.io, self.percentile, self.lam, self.n_iter, self.nmf_samples
         )
 
-    def _set_reference(self, stats: dict[str, Tensor]) -> None:
-        self.stain_matrix.copy_(stats["stain_matrix"][0])
-        self.max_concentrations.copy_(stats["max_concentrations"][0])
-
     def _params(self, stats: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        pinv = stats["pinv"]
-        ref = self.stain_matrix.to(pinv.device, pinv.dtype)
-        return vahadane_params(stats, ref, self.max_concentrations.to(ref), self.io)
+        return vahadane_params(stats, *self._reference(stats["pinv"]), self.io)
 
     def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
         return vahadane_transform(x, params, self.io)
@@ -237,16 +230,14 @@ class Vahadane(StainNormalizer):
         return ExportableVahadane(self)
 
 
-class ExportableVahadane(ExportableNormalizer):
+class ExportableVahadane(ExportableStainNormalizer):
     """:class:`Vahadane`'s trace-friendly twin (see :mod:`~stainadapt.normalizers.exportable`)."""
 
     def __init__(self, source: Vahadane) -> None:
         super().__init__(source)
-        self.percentile = float(source.percentile)
         self.lam = float(source.lam)
         self.n_iter = int(source.n_iter)
         self.nmf_samples = int(source.nmf_samples)
-        self._copy_buffers(source, "stain_matrix", "max_concentrations")
 
     def _fit(self, sample: PixelSample) -> tuple[tuple[Tensor, ...], Tensor]:
         stats, ok = vahadane_statistics(
