@@ -26,7 +26,7 @@ little tissue (or a degenerate estimate) pass through unchanged with a warning.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,9 +34,9 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from .od import sample_pixels, tissue_from_intensity
-from .ops import PixelSample
+from .ops import EAGER, Ops, PixelSample
 
-__all__ = ["StainNormalizer", "TissueWarning", "as_batch", "not_exportable"]
+__all__ = ["CoreNormalizer", "StainNormalizer", "TissueWarning", "as_batch", "not_exportable"]
 
 
 class TissueWarning(UserWarning):
@@ -285,3 +285,54 @@ class StainNormalizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"io={self.io}, beta={self.beta}, max_samples={self.max_samples}"
+
+
+class CoreNormalizer(StainNormalizer):
+    """A normaliser whose maths is a functional core shared with its exportable twin.
+
+    The core is a mixin listed before this class (``class Macenko(MacenkoCore,
+    CoreNormalizer)``) that gives, over the options named in ``options``:
+
+    * ``core_statistics(sample, ops)`` -> ``(stats, ok)`` from a :class:`PixelSample`;
+    * ``core_params(stats, *reference)`` -> transform parameters, ``reference`` being the
+      fitted buffers named in ``reference_buffers`` (their keys in ``stats`` too);
+    * ``core_transform(x, params, ops)`` -> normalised intensities.
+
+    This class runs them with :data:`~stainadapt.normalizers.ops.EAGER`; ``twin`` (a
+    :class:`~stainadapt.normalizers.exportable.ExportableCore` with the same mixin) runs
+    them with the trace-friendly primitives.
+    """
+
+    #: the attributes the core reads besides ``io`` (the twin copies them)
+    options: ClassVar[tuple[str, ...]] = ()
+    #: the fitted buffers, in the order ``core_params`` takes them
+    reference_buffers: ClassVar[tuple[str, ...]] = ()
+    #: the trace-friendly twin's class; it is built from this normaliser
+    twin: ClassVar[type[nn.Module]]
+
+    def core_statistics(self, sample: PixelSample, ops: Ops) -> tuple[dict[str, Tensor], Tensor]:
+        raise NotImplementedError
+
+    def core_params(self, stats: dict[str, Tensor], *reference: Tensor) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def core_transform(self, x: Tensor, params: tuple[Tensor, ...], ops: Ops) -> Tensor:
+        raise NotImplementedError
+
+    def _statistics(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        return self.core_statistics(self._pixel_sample(x), EAGER)
+
+    def _set_reference(self, stats: dict[str, Tensor]) -> None:
+        for name in self.reference_buffers:
+            getattr(self, name).copy_(stats[name][0])
+
+    def _params(self, stats: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        like = stats[self.reference_buffers[0]]
+        ref = (getattr(self, n).to(like.device, like.dtype) for n in self.reference_buffers)
+        return self.core_params(stats, *ref)
+
+    def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
+        return self.core_transform(x, params, EAGER)
+
+    def exportable(self) -> nn.Module:
+        return self.twin(self)

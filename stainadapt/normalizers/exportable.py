@@ -44,6 +44,7 @@ from .ops import Ops, PixelSample
 
 __all__ = [
     "TRACEABLE",
+    "ExportableCore",
     "ExportableNormalizer",
     "exportable_normalizer",
     "jacobi_eigh3",
@@ -229,6 +230,28 @@ class ExportableNormalizer(nn.Module):
         out = self._transform(flat, params).clamp(0.0, 255.0).round()
         out = torch.where(ok[:, None, None], out, flat)
         return out.reshape(image.shape)
+
+
+class ExportableCore(ExportableNormalizer):
+    """The twin of a :class:`~stainadapt.normalizers.base.CoreNormalizer`.
+
+    Listed after the same core mixin as its source (``class ExportableMacenko(MacenkoCore,
+    ExportableCore)``): it copies the source's options and fitted buffers (float32) and
+    runs the core with :data:`TRACEABLE`.
+    """
+
+    def __init__(self, source: nn.Module) -> None:
+        super().__init__(source)
+        for name in source.options:
+            setattr(self, name, getattr(source, name))
+        self._copy_buffers(source, *source.reference_buffers)
+
+    def _fit(self, sample: PixelSample) -> tuple[tuple[Tensor, ...], Tensor]:
+        stats, ok = self.core_statistics(sample, TRACEABLE)
+        return self.core_params(stats, *(getattr(self, n) for n in self.reference_buffers)), ok
+
+    def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
+        return self.core_transform(x, params, TRACEABLE)
 
 
 def exportable_normalizer(normalizer: nn.Module) -> nn.Module:

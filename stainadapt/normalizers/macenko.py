@@ -26,11 +26,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import InputError
-from .base import StainNormalizer
-from .exportable import TRACEABLE, ExportableNormalizer
+from .base import CoreNormalizer
+from .exportable import ExportableCore
 from .od import od_from_intensity
 from .ops import EAGER, Ops, PixelSample
 
@@ -38,9 +38,8 @@ __all__ = [
     "DEFAULT_MAX_CONCENTRATIONS",
     "DEFAULT_STAIN_MATRIX",
     "ExportableMacenko",
-    "ExportableStainNormalizer",
     "Macenko",
-    "StainVectorNormalizer",
+    "MacenkoCore",
     "concentration_statistics",
     "macenko_params",
     "macenko_stains",
@@ -181,40 +180,30 @@ def macenko_transform(x: Tensor, params: tuple[Tensor, ...], ops: Ops = EAGER) -
     return ops.exp_(torch.bmm(m, ops.log1(x, m.dtype)).add_(c))
 
 
-class StainVectorNormalizer(StainNormalizer):
-    """Base of the stain-vector normalisers (Macenko, Vahadane): their fitted reference.
+class MacenkoCore:
+    """Macenko's functional core over its options, for :class:`Macenko` and its twin."""
 
-    Buffers ``stain_matrix`` ``(3, 2)`` (columns H, E; natural-log OD) and
-    ``max_concentrations`` ``(2,)``, registered by :meth:`_register_reference`; before
-    :meth:`fit` they hold the literature's standard H&E reference.
-    """
-
+    io: float
+    alpha: float
     percentile: float
+    options = ("alpha", "percentile")
+    reference_buffers = ("stain_matrix", "max_concentrations")
 
-    def _register_reference(self) -> None:
-        self.register_buffer("stain_matrix", torch.tensor(DEFAULT_STAIN_MATRIX))
-        self.register_buffer("max_concentrations", torch.tensor(DEFAULT_MAX_CONCENTRATIONS))
+    def core_statistics(self, sample: PixelSample, ops: Ops) -> tuple[dict[str, Tensor], Tensor]:
+        return macenko_statistics(sample, self.io, self.alpha, self.percentile, ops)
 
-    def _set_reference(self, stats: dict[str, Tensor]) -> None:
-        self.stain_matrix.copy_(stats["stain_matrix"][0])
-        self.max_concentrations.copy_(stats["max_concentrations"][0])
+    def core_params(self, stats: dict[str, Tensor], *reference: Tensor) -> tuple[Tensor, ...]:
+        return macenko_params(stats, *reference, self.io)
 
-    def _reference(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """The fitted buffers in the dtype and device of ``like``."""
-        ref = self.stain_matrix.to(like.device, like.dtype)
-        return ref, self.max_concentrations.to(ref)
+    def core_transform(self, x: Tensor, params: tuple[Tensor, ...], ops: Ops) -> Tensor:
+        return macenko_transform(x, params, ops)
 
 
-class ExportableStainNormalizer(ExportableNormalizer):
-    """Base of the stain-vector twins: the percentile and the fitted reference (float32)."""
-
-    def __init__(self, source: StainVectorNormalizer) -> None:
-        super().__init__(source)
-        self.percentile = float(source.percentile)
-        self._copy_buffers(source, "stain_matrix", "max_concentrations")
+class ExportableMacenko(MacenkoCore, ExportableCore):
+    """:class:`Macenko`'s trace-friendly twin (see :mod:`~stainadapt.normalizers.exportable`)."""
 
 
-class Macenko(StainVectorNormalizer):
+class Macenko(MacenkoCore, CoreNormalizer):
     """Macenko normaliser; an ``nn.Module`` whose buffers are the fitted reference.
 
     Args:
@@ -228,6 +217,8 @@ class Macenko(StainVectorNormalizer):
     ``max_concentrations`` ``(2,)``; before :meth:`fit` they hold the literature's
     standard H&E reference.
     """
+
+    twin = ExportableMacenko
 
     def __init__(
         self,
@@ -247,31 +238,5 @@ class Macenko(StainVectorNormalizer):
             raise InputError(f"percentile must be in (0, 100]; got {percentile}")
         self.alpha = float(alpha)
         self.percentile = float(percentile)
-        self._register_reference()
-
-    def _statistics(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        return macenko_statistics(self._pixel_sample(x), self.io, self.alpha, self.percentile)
-
-    def _params(self, stats: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        return macenko_params(stats, *self._reference(stats["pinv"]), self.io)
-
-    def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
-        return macenko_transform(x, params)
-
-    def exportable(self) -> nn.Module:
-        return ExportableMacenko(self)
-
-
-class ExportableMacenko(ExportableStainNormalizer):
-    """:class:`Macenko`'s trace-friendly twin (see :mod:`~stainadapt.normalizers.exportable`)."""
-
-    def __init__(self, source: Macenko) -> None:
-        super().__init__(source)
-        self.alpha = float(source.alpha)
-
-    def _fit(self, sample: PixelSample) -> tuple[tuple[Tensor, ...], Tensor]:
-        stats, ok = macenko_statistics(sample, self.io, self.alpha, self.percentile, TRACEABLE)
-        return macenko_params(stats, self.stain_matrix, self.max_concentrations, self.io), ok
-
-    def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
-        return macenko_transform(x, params, TRACEABLE)
+        self.register_buffer("stain_matrix", torch.tensor(DEFAULT_STAIN_MATRIX))
+        self.register_buffer("max_concentrations", torch.tensor(DEFAULT_MAX_CONCENTRATIONS))

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import torch
 from kornia.color import lab_to_rgb, rgb_to_lab
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import InputError
-from .base import StainNormalizer
-from .exportable import ExportableNormalizer
-from .ops import PixelSample
+from .base import CoreNormalizer
+from .exportable import ExportableCore
+from .ops import Ops, PixelSample
 
 __all__ = [
     "ExportableReinhard",
     "Reinhard",
+    "ReinhardCore",
     "reinhard_params",
     "reinhard_statistics",
     "reinhard_transform",
@@ -78,7 +79,28 @@ def reinhard_transform(x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
     return lab_to_rgb(lab.unsqueeze(-1), clip=True).squeeze(-1).mul_(255.0)
 
 
-class Reinhard(StainNormalizer):
+class ReinhardCore:
+    """Reinhard's functional core over its options, for :class:`Reinhard` and its twin."""
+
+    tissue_only: bool
+    options = ("tissue_only",)
+    reference_buffers = ("lab_mean", "lab_std")
+
+    def core_statistics(self, sample: PixelSample, ops: Ops) -> tuple[dict[str, Tensor], Tensor]:
+        return reinhard_statistics(sample, self.tissue_only)
+
+    def core_params(self, stats: dict[str, Tensor], *reference: Tensor) -> tuple[Tensor, ...]:
+        return reinhard_params(stats, *reference)
+
+    def core_transform(self, x: Tensor, params: tuple[Tensor, ...], ops: Ops) -> Tensor:
+        return reinhard_transform(x, params)
+
+
+class ExportableReinhard(ReinhardCore, ExportableCore):
+    """:class:`Reinhard`'s trace-friendly twin (see :mod:`~stainadapt.normalizers.exportable`)."""
+
+
+class Reinhard(ReinhardCore, CoreNormalizer):
     """Reinhard normaliser; an ``nn.Module``.
 
     Args:
@@ -93,6 +115,7 @@ class Reinhard(StainNormalizer):
 
     stain_matrix = None
     max_concentrations = None
+    twin = ExportableReinhard
 
     def __init__(
         self,
@@ -110,38 +133,11 @@ class Reinhard(StainNormalizer):
         self.register_buffer("lab_std", torch.ones(3))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
-    def _statistics(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        return reinhard_statistics(self._pixel_sample(x), self.tissue_only)
-
     def _set_reference(self, stats: dict[str, Tensor]) -> None:
-        self.lab_mean.copy_(stats["lab_mean"][0])
-        self.lab_std.copy_(stats["lab_std"][0])
+        super()._set_reference(stats)
         self.fitted.fill_(True)
 
     def _params(self, stats: dict[str, Tensor]) -> tuple[Tensor, ...]:
         if not bool(self.fitted):
             raise InputError("Reinhard normaliser is not fitted: call fit(reference) first")
-        mean = stats["lab_mean"]
-        return reinhard_params(stats, self.lab_mean.to(mean), self.lab_std.to(mean))
-
-    def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
-        return reinhard_transform(x, params)
-
-    def exportable(self) -> nn.Module:
-        return ExportableReinhard(self)
-
-
-class ExportableReinhard(ExportableNormalizer):
-    """:class:`Reinhard`'s trace-friendly twin (see :mod:`~stainadapt.normalizers.exportable`)."""
-
-    def __init__(self, source: Reinhard) -> None:
-        super().__init__(source)
-        self.tissue_only = bool(source.tissue_only)
-        self._copy_buffers(source, "lab_mean", "lab_std")
-
-    def _fit(self, sample: PixelSample) -> tuple[tuple[Tensor, ...], Tensor]:
-        stats, ok = reinhard_statistics(sample, self.tissue_only)
-        return reinhard_params(stats, self.lab_mean, self.lab_std), ok
-
-    def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
-        return reinhard_transform(x, params)
+        return super()._params(stats)

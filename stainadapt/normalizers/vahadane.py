@@ -24,14 +24,14 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import InputError
-from .exportable import TRACEABLE
+from .base import CoreNormalizer
+from .exportable import ExportableCore
 from .macenko import (
+    DEFAULT_MAX_CONCENTRATIONS,
     DEFAULT_STAIN_MATRIX,
-    ExportableStainNormalizer,
-    StainVectorNormalizer,
     concentration_statistics,
     macenko_stains,
 )
@@ -41,6 +41,7 @@ from .ops import EAGER, Ops, PixelSample
 __all__ = [
     "ExportableVahadane",
     "Vahadane",
+    "VahadaneCore",
     "sparse_nmf",
     "vahadane_params",
     "vahadane_statistics",
@@ -177,7 +178,33 @@ def vahadane_transform(
     return ops.exp_(torch.bmm(ref, conc).neg_().add_(math.log(io)))
 
 
-class Vahadane(StainVectorNormalizer):
+class VahadaneCore:
+    """Vahadane's functional core over its options, for :class:`Vahadane` and its twin."""
+
+    io: float
+    percentile: float
+    lam: float
+    n_iter: int
+    nmf_samples: int
+    options = ("percentile", "lam", "n_iter", "nmf_samples")
+    reference_buffers = ("stain_matrix", "max_concentrations")
+
+    def core_statistics(self, sample: PixelSample, ops: Ops) -> tuple[dict[str, Tensor], Tensor]:
+        args = (self.io, self.percentile, self.lam, self.n_iter, self.nmf_samples)
+        return vahadane_statistics(sample, *args, ops)
+
+    def core_params(self, stats: dict[str, Tensor], *reference: Tensor) -> tuple[Tensor, ...]:
+        return vahadane_params(stats, *reference, self.io)
+
+    def core_transform(self, x: Tensor, params: tuple[Tensor, ...], ops: Ops) -> Tensor:
+        return vahadane_transform(x, params, self.io, ops)
+
+
+class ExportableVahadane(VahadaneCore, ExportableCore):
+    """:class:`Vahadane`'s trace-friendly twin (see :mod:`~stainadapt.normalizers.exportable`)."""
+
+
+class Vahadane(VahadaneCore, CoreNormalizer):
     """Vahadane normaliser (sparse NMF stain vectors); an ``nn.Module``.
 
     Args:
@@ -190,6 +217,8 @@ class Vahadane(StainVectorNormalizer):
 
     Buffers: ``stain_matrix`` ``(3, 2)`` and ``max_concentrations`` ``(2,)``.
     """
+
+    twin = ExportableVahadane
 
     def __init__(
         self,
@@ -213,37 +242,5 @@ class Vahadane(StainVectorNormalizer):
         self.lam = float(lam)
         self.n_iter = int(n_iter)
         self.nmf_samples = int(nmf_samples)
-        self._register_reference()
-
-    def _statistics(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        return vahadane_statistics(
-            self._pixel_sample(x), self.io, self.percentile, self.lam, self.n_iter, self.nmf_samples
-        )
-
-    def _params(self, stats: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        return vahadane_params(stats, *self._reference(stats["pinv"]), self.io)
-
-    def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
-        return vahadane_transform(x, params, self.io)
-
-    def exportable(self) -> nn.Module:
-        return ExportableVahadane(self)
-
-
-class ExportableVahadane(ExportableStainNormalizer):
-    """:class:`Vahadane`'s trace-friendly twin (see :mod:`~stainadapt.normalizers.exportable`)."""
-
-    def __init__(self, source: Vahadane) -> None:
-        super().__init__(source)
-        self.lam = float(source.lam)
-        self.n_iter = int(source.n_iter)
-        self.nmf_samples = int(source.nmf_samples)
-
-    def _fit(self, sample: PixelSample) -> tuple[tuple[Tensor, ...], Tensor]:
-        stats, ok = vahadane_statistics(
-            sample, self.io, self.percentile, self.lam, self.n_iter, self.nmf_samples, TRACEABLE
-        )
-        return vahadane_params(stats, self.stain_matrix, self.max_concentrations, self.io), ok
-
-    def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
-        return vahadane_transform(x, params, self.io, TRACEABLE)
+        self.register_buffer("stain_matrix", torch.tensor(DEFAULT_STAIN_MATRIX))
+        self.register_buffer("max_concentrations", torch.tensor(DEFAULT_MAX_CONCENTRATIONS))
