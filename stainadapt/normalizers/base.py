@@ -1,6 +1,6 @@
 """The normaliser base class: input checks, fitting, per-image statistics, chunked apply.
 
-A concrete normaliser supplies three pieces of maths, all batched over images:
+A concrete normaliser supplies its maths, all batched over images:
 
 * ``_statistics(x)``: intensities ``(B, 3, K)`` (a pixel subsample; uint8 as given or
   float 0..255 in the compute dtype) ->
@@ -10,11 +10,12 @@ A concrete normaliser supplies three pieces of maths, all batched over images:
   in the module's buffers;
 * ``_params(stats)`` -> tuple of ``(B, ...)`` tensors (in the compute dtype), and
   ``_transform(x, params)``: intensities ``(B, 3, S)`` (0..255; uint8 as given, or
-  float) -> normalised intensities ``(B, 3, S)`` (0..255, float).
+  float) -> normalised intensities ``(B, 3, S)`` (0..255, float);
+* optionally ``exportable()``: its trace-friendly twin, so that ``stainadapt export``
+  can bake it into a model (see :mod:`~stainadapt.normalizers.exportable`).
 
-and, to be baked into an exported model, ``exportable()``: its trace-friendly twin (see
-:mod:`~stainadapt.normalizers.exportable`). The built-ins compute all four from one
-functional core per method (:mod:`~stainadapt.normalizers.ops`).
+The built-ins (:class:`CoreNormalizer`) take all of these from one
+functional core per method, which their twins share (:mod:`~stainadapt.normalizers.ops`).
 
 The base class turns this into ``fit(reference)`` and ``forward(images)`` with one
 contract for every normaliser: uint8 ``(3, H, W)`` or ``(B, 3, H, W)`` (or float in

@@ -173,8 +173,8 @@ class ExportableNormalizer(nn.Module):
     """Base of the twins: the fixed-size seeded sample, tissue mask and per-image fallback.
 
     Subclasses give ``_fit(sample)`` -> ``(params, ok)`` from a :class:`PixelSample` and
-    ``_transform(x, params)`` on ``(B, 3, N)`` intensities (0..255 float), both through
-    their method's functional core with :data:`TRACEABLE`.
+    ``_transform(x, params)`` on ``(B, 3, N)`` intensities (0..255 float), with no Python
+    branch on the data (:class:`ExportableCore` takes both from a functional core).
     """
 
     def __init__(self, source: nn.Module) -> None:
