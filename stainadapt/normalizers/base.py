@@ -308,8 +308,8 @@ class CoreNormalizer(StainNormalizer):
     options: ClassVar[tuple[str, ...]] = ()
     #: the fitted buffers, in the order ``core_params`` takes them
     reference_buffers: ClassVar[tuple[str, ...]] = ()
-    #: the trace-friendly twin's class; it is built from this normaliser
-    twin: ClassVar[type[nn.Module]]
+    #: the trace-friendly twin's class, built from this normaliser (None: no twin)
+    twin: ClassVar[type[nn.Module] | None] = None
 
     def core_statistics(self, sample: PixelSample, ops: Ops) -> tuple[dict[str, Tensor], Tensor]:
         raise NotImplementedError
@@ -336,4 +336,6 @@ class CoreNormalizer(StainNormalizer):
         return self.core_transform(x, params, EAGER)
 
     def exportable(self) -> nn.Module:
+        if self.twin is None:
+            return super().exportable()
         return self.twin(self)
