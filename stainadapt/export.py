@@ -25,7 +25,8 @@ twins of :mod:`stainadapt.normalizers.exportable`: the same seeded pixel sample,
 fallback as ``torch.where``, percentiles by sort + gather, a fixed number of Jacobi
 sweeps for the 3x3 eigenproblem, closed-form 2x2 solves, Vahadane's NMF unrolled. They
 reproduce the eager normalisers to float rounding (an output pixel can differ by 1 where
-a value sits at .5). Only the three built-in normalisers have twins; another one is
+a value sits at .5). A normaliser is baked in through its ``exportable()`` hook (the
+built-ins, their subclasses and plugins that implement it); one without a twin is
 refused (:class:`InputError`) unless ``--no-normalizer``. The sidecar JSON still
 carries the normaliser's spec and fitted state (``normalizer``, as in model.json).
 

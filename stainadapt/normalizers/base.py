@@ -1,6 +1,6 @@
 """The normaliser base class: input checks, fitting, per-image statistics, chunked apply.
 
-A concrete normaliser supplies three pieces of maths, all batched over images:
+A concrete normaliser supplies its maths, all batched over images:
 
 * ``_statistics(x)``: intensities ``(B, 3, K)`` (a pixel subsample; uint8 as given or
   float 0..255 in the compute dtype) ->
@@ -10,7 +10,12 @@ A concrete normaliser supplies three pieces of maths, all batched over images:
   in the module's buffers;
 * ``_params(stats)`` -> tuple of ``(B, ...)`` tensors (in the compute dtype), and
   ``_transform(x, params)``: intensities ``(B, 3, S)`` (0..255; uint8 as given, or
-  float) -> normalised intensities ``(B, 3, S)`` (0..255, float).
+  float) -> normalised intensities ``(B, 3, S)`` (0..255, float);
+* optionally ``exportable()``: its trace-friendly twin, so that ``stainadapt export``
+  can bake it into a model (see :mod:`~stainadapt.normalizers.exportable`).
+
+The built-ins (:class:`CoreNormalizer`) take all of these from one
+functional core per method, which their twins share (:mod:`~stainadapt.normalizers.ops`).
 
 The base class turns this into ``fit(reference)`` and ``forward(images)`` with one
 contract for every normaliser: uint8 ``(3, H, W)`` or ``(B, 3, H, W)`` (or float in
@@ -22,16 +27,17 @@ little tissue (or a degenerate estimate) pass through unchanged with a warning.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .od import sample_pixels
+from .od import sample_pixels, tissue_from_intensity
+from .ops import EAGER, Ops, PixelSample
 
-__all__ = ["StainNormalizer", "TissueWarning", "as_batch"]
+__all__ = ["CoreNormalizer", "StainNormalizer", "TissueWarning", "as_batch", "not_exportable"]
 
 
 class TissueWarning(UserWarning):
@@ -73,6 +79,15 @@ def as_batch(images: Any, allow_numpy: bool = False) -> tuple[Tensor, bool, bool
     if batch.shape[-1] * batch.shape[-2] == 0:
         raise InputError(f"normaliser input is empty: shape {tuple(images.shape)}")
     return batch, squeezed, images.dtype.is_floating_point
+
+
+def not_exportable(normalizer: Any) -> InputError:
+    """The error for a normaliser that has no trace-friendly twin to export."""
+    return InputError(
+        f"cannot bake a {type(normalizer).__name__} normaliser into an exported model "
+        "(it has no trace-friendly twin: its exportable() is not implemented); "
+        "export without it (--no-normalizer) and normalise the images first"
+    )
 
 
 def _caller_stacklevel() -> int:
@@ -158,6 +173,17 @@ class StainNormalizer(nn.Module):
     def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
         raise NotImplementedError
 
+    def exportable(self) -> nn.Module:
+        """The trace-friendly twin of this fitted normaliser, for ``stainadapt export``.
+
+        A ``nn.Module`` mapping ``float (B, 3, H, W)`` intensities 0..255 to the
+        normalised image, the same shape, rounded to integers, with no Python branch on
+        the data (see :mod:`~stainadapt.normalizers.exportable`); float32 buffers.
+        Normalisers without one raise :class:`~stainadapt.errors.InputError`, so export
+        asks for ``--no-normalizer``.
+        """
+        raise not_exportable(self)
+
     # -- shared machinery ----------------------------------------------------------------
     def _ref_tensor(self) -> Tensor:
         for b in self.buffers():
@@ -175,6 +201,12 @@ class StainNormalizer(nn.Module):
         n = tissue.sum(dim=1)
         need = max(16.0, self.min_tissue * tissue.shape[1])
         return n >= need
+
+    def _pixel_sample(self, x: Tensor) -> PixelSample:
+        """The :class:`PixelSample` of a statistics sample ``x`` ``(B, 3, K)``, all valid."""
+        tissue = tissue_from_intensity(x, self.io, self.beta)
+        enough = self._enough_tissue(tissue)
+        return PixelSample(x, tissue, enough, None, x.shape[2], self.compute_dtype)
 
     def _sample(self, batch: Tensor, is_float: bool) -> Tensor:
         """Seeded pixel subsample ``(B, 3, K)``: uint8 stays uint8, floats become 0..255."""
@@ -254,3 +286,56 @@ class StainNormalizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"io={self.io}, beta={self.beta}, max_samples={self.max_samples}"
+
+
+class CoreNormalizer(StainNormalizer):
+    """A normaliser whose maths is a functional core shared with its exportable twin.
+
+    The core is a mixin listed before this class (``class Macenko(MacenkoCore,
+    CoreNormalizer)``) that gives, over the options named in ``options``:
+
+    * ``core_statistics(sample, ops)`` -> ``(stats, ok)`` from a :class:`PixelSample`;
+    * ``core_params(stats, *reference)`` -> transform parameters, ``reference`` being the
+      fitted buffers named in ``reference_buffers`` (their keys in ``stats`` too);
+    * ``core_transform(x, params, ops)`` -> normalised intensities.
+
+    This class runs them with :data:`~stainadapt.normalizers.ops.EAGER`; ``twin`` (a
+    :class:`~stainadapt.normalizers.exportable.ExportableCore` with the same mixin) runs
+    them with the trace-friendly primitives.
+    """
+
+    #: the attributes the core reads besides ``io`` (the twin copies them)
+    options: ClassVar[tuple[str, ...]] = ()
+    #: the fitted buffers, in the order ``core_params`` takes them
+    reference_buffers: ClassVar[tuple[str, ...]] = ()
+    #: the trace-friendly twin's class, built from this normaliser (None: no twin)
+    twin: ClassVar[type[nn.Module] | None] = None
+
+    def core_statistics(self, sample: PixelSample, ops: Ops) -> tuple[dict[str, Tensor], Tensor]:
+        raise NotImplementedError
+
+    def core_params(self, stats: dict[str, Tensor], *reference: Tensor) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def core_transform(self, x: Tensor, params: tuple[Tensor, ...], ops: Ops) -> Tensor:
+        raise NotImplementedError
+
+    def _statistics(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        return self.core_statistics(self._pixel_sample(x), EAGER)
+
+    def _set_reference(self, stats: dict[str, Tensor]) -> None:
+        for name in self.reference_buffers:
+            getattr(self, name).copy_(stats[name][0])
+
+    def _params(self, stats: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        like = stats[self.reference_buffers[0]]
+        ref = (getattr(self, n).to(like.device, like.dtype) for n in self.reference_buffers)
+        return self.core_params(stats, *ref)
+
+    def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
+        return self.core_transform(x, params, EAGER)
+
+    def exportable(self) -> nn.Module:
+        if self.twin is None:
+            return super().exportable()
+        return self.twin(self)

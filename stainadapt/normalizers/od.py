@@ -15,7 +15,7 @@ Conventions (see ``docs/normalizers.md``):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,22 +47,23 @@ def _numpy_ok(t: Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
 
 
-def log_(t: Tensor) -> Tensor:
-    """In-place natural log. On CPU numpy's vectorised log is ~3x faster than torch's."""
+def _in_place(t: Tensor, ufunc: np.ufunc, fallback: Callable[[Tensor], Tensor]) -> Tensor:
+    """``ufunc`` on ``t``'s memory through a numpy view on CPU, else ``fallback(t)``."""
     if _numpy_ok(t):
         a = t.numpy()
-        np.log(a, out=a)
+        ufunc(a, out=a)
         return t
-    return t.log_()
+    return fallback(t)
+
+
+def log_(t: Tensor) -> Tensor:
+    """In-place natural log. On CPU numpy's vectorised log is ~3x faster than torch's."""
+    return _in_place(t, np.log, Tensor.log_)
 
 
 def exp_(t: Tensor) -> Tensor:
     """In-place exp (numpy on CPU, as :func:`log_`)."""
-    if _numpy_ok(t):
-        a = t.numpy()
-        np.exp(a, out=a)
-        return t
-    return t.exp_()
+    return _in_place(t, np.exp, Tensor.exp_)
 
 
 def plus_one(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -78,9 +79,18 @@ def plus_one(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x.to(dtype, copy=True).add_(1.0)
 
 
-def od_from_intensity(x: Tensor, io: float, dtype: torch.dtype) -> Tensor:
-    """Optical density ``-ln((I + 1) / Io)`` of intensities in 0..255, in ``dtype``."""
-    return intensity_to_log(x, dtype).neg_().add_(math.log(io))
+def od_from_intensity(
+    x: Tensor,
+    io: float,
+    dtype: torch.dtype,
+    log1: Callable[[Tensor, torch.dtype], Tensor] = intensity_to_log,
+) -> Tensor:
+    """Optical density ``-ln((I + 1) / Io)`` of intensities in 0..255, in ``dtype``.
+
+    ``log1(x, dtype)`` computes ``ln(I + 1)`` as a new tensor (the trace-friendly
+    normalisers pass one without numpy).
+    """
+    return log1(x, dtype).neg_().add_(math.log(io))
 
 
 def tissue_mask(od: Tensor, beta: float) -> Tensor:

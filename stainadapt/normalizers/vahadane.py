@@ -13,22 +13,40 @@ non-negative least squares, approximated by clamping the pseudo-inverse solution
 (so no pixel can become brighter than ``Io`` in any channel: background stays
 white-grey, never cyan), scaled by 99th percentiles as in Macenko, and rebuilt with the
 reference stain vectors.
+
+The maths is written once, as functions over an :class:`~stainadapt.normalizers.ops.Ops`
+(:func:`vahadane_statistics`, :func:`vahadane_params`, :func:`vahadane_transform`); the
+eager :class:`Vahadane` and its trace-friendly twin :class:`ExportableVahadane` wrap them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .base import StainNormalizer
-from .macenko import DEFAULT_MAX_CONCENTRATIONS, DEFAULT_STAIN_MATRIX, macenko_stains
-from .od import exp_, intensity_to_log, masked_quantile, od_from_intensity, tissue_from_intensity
+from .base import CoreNormalizer
+from .exportable import ExportableCore
+from .macenko import (
+    DEFAULT_MAX_CONCENTRATIONS,
+    DEFAULT_STAIN_MATRIX,
+    concentration_statistics,
+    macenko_stains,
+)
+from .od import od_from_intensity
+from .ops import EAGER, Ops, PixelSample
 
-__all__ = ["Vahadane", "sparse_nmf"]
+__all__ = [
+    "ExportableVahadane",
+    "Vahadane",
+    "VahadaneCore",
+    "sparse_nmf",
+    "vahadane_params",
+    "vahadane_statistics",
+    "vahadane_transform",
+]
 
 #: Two stain vectors whose squared sine (``1 - cos^2`` of their angle) falls below this
 #: are one colour to working precision: the 2x2 lasso system is singular (float32) or
@@ -49,24 +67,16 @@ def collapsed_stains(g: Tensor) -> Tensor:
     return ~(det >= MIN_STAIN_SIN2 * (g00 * g11))  # NaN compares False: flagged
 
 
-def _lasso2(
-    g: Tensor,
-    wtv: Tensor,
-    lam: float,
-    solve: Callable[[Tensor, Tensor], Tensor] = torch.linalg.solve,
-) -> Tensor:
+def _lasso2(g: Tensor, wtv: Tensor, lam: float, ops: Ops) -> Tensor:
     """Exact non-negative lasso with two unknowns per pixel, batched.
 
     Minimises ``h^T G h / 2 - (W^T v - lam)^T h`` over ``h >= 0`` for every column: the
     unconstrained optimum when it is non-negative (KKT), else the better of the two
     one-stain optima. ``g`` ``(B, 2, 2)``, ``wtv`` ``(B, 2, n)`` -> ``(B, 2, n)``.
-    ``solve(A, B)`` gives ``A^-1 B`` for the unconstrained optimum: the trace-friendly
-    normaliser in :mod:`~stainadapt.normalizers.exportable` passes its closed-form 2x2
-    solve, so the eager and the exported NMF share this one lasso.
     """
     r = wtv - lam
     eye = torch.eye(2, dtype=g.dtype, device=g.device)
-    both = solve(g + 1e-8 * eye, r)
+    both = ops.solve(g + 1e-8 * eye, r)
     g00 = g[:, 0, 0, None].clamp(min=1e-8)
     g11 = g[:, 1, 1, None].clamp(min=1e-8)
     a = (r[:, 0] / g00).clamp(min=0)
@@ -77,7 +87,9 @@ def _lasso2(
     return torch.where((both >= 0).all(dim=1, keepdim=True), both, single)
 
 
-def sparse_nmf(v: Tensor, w0: Tensor, lam: float = 0.1, n_iter: int = 50) -> Tensor:
+def sparse_nmf(
+    v: Tensor, w0: Tensor, lam: float = 0.1, n_iter: int = 50, ops: Ops = EAGER
+) -> Tensor:
     """Batched sparse NMF: ``min ||V - W H||^2 / 2 + lam |H|_1``, ``W, H >= 0``.
 
     Alternates the exact non-negative lasso for ``H`` (two stains: solvable in closed
@@ -89,6 +101,7 @@ def sparse_nmf(v: Tensor, w0: Tensor, lam: float = 0.1, n_iter: int = 50) -> Ten
         w0: ``(B, 3, 2)`` initial stain vectors.
         lam: L1 weight on the concentrations.
         n_iter: alternations.
+        ops: the 2x2 solvers (eager or trace-friendly).
 
     Returns:
         ``(B, 3, 2)`` non-negative unit-norm stain vectors; all NaN for an image whose
@@ -100,23 +113,98 @@ def sparse_nmf(v: Tensor, w0: Tensor, lam: float = 0.1, n_iter: int = 50) -> Ten
     w = w / w.norm(dim=1, keepdim=True).clamp(min=1e-8)
     live = (v.abs().sum(dim=1, keepdim=True) > 0).to(v.dtype)  # (B, 1, n)
     eye = torch.eye(2, dtype=v.dtype, device=v.device)
-    bad = torch.zeros(v.shape[0], dtype=torch.bool, device=v.device)
+    bad = torch.zeros_like(w[:, 0, 0], dtype=torch.bool)
     for _ in range(n_iter):
         g = w.transpose(1, 2) @ w
         bad = bad | collapsed_stains(g)
         g = torch.where(bad[:, None, None], eye, g)  # degenerate images: a regular system
-        h = _lasso2(g, w.transpose(1, 2) @ v, lam) * live
+        h = _lasso2(g, w.transpose(1, 2) @ v, lam, ops) * live
         hht = h @ h.transpose(1, 2) + 1e-6 * eye
         hht = torch.where(bad[:, None, None], eye, hht)
-        wt, info = torch.linalg.solve_ex(hht, h @ v.transpose(1, 2))  # (B, 2, 3)
-        bad = bad | (info != 0) | ~torch.isfinite(wt).all(dim=2).all(dim=1)
+        wt, failed = ops.solve_checked(hht, h @ v.transpose(1, 2))  # (B, 2, 3)
+        bad = bad | failed | ~torch.isfinite(wt).all(dim=2).all(dim=1)
         w_new = wt.transpose(1, 2).clamp(min=0)
         norm = w_new.norm(dim=1, keepdim=True)
         w = torch.where(norm > 1e-6, w_new / norm.clamp(min=1e-8), w)
     return torch.where(bad[:, None, None], torch.full_like(w, float("nan")), w)
 
 
-class Vahadane(StainNormalizer):
+def vahadane_statistics(
+    sample: PixelSample,
+    io: float,
+    percentile: float,
+    lam: float,
+    n_iter: int,
+    nmf_samples: int,
+    ops: Ops = EAGER,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Vahadane's per-image statistics (as
+    :func:`~stainadapt.normalizers.macenko.concentration_statistics`, concentrations
+    clamped at 0) and ``ok``: the NMF runs on every ``ceil(K / nmf_samples)``-th tissue
+    pixel, starting from the Macenko stains.
+    """
+    od = od_from_intensity(sample.x, io, sample.dtype, ops.log1)
+    w0, ok = macenko_stains(od, sample.tissue, 1.0, ops)
+    ok = ok & sample.enough
+    v = ops.strided_columns(od, sample.tissue, sample.count, nmf_samples)
+    w = sparse_nmf(v, w0, lam, n_iter, ops)
+    h_first = (w[:, 0, 0] >= w[:, 0, 1])[:, None, None]  # hematoxylin: larger red OD
+    w = torch.where(h_first, w, torch.stack((w[:, :, 1], w[:, :, 0]), dim=2))
+    cos = (w[:, :, 0] * w[:, :, 1]).sum(dim=1)
+    ok = ok & (cos < 0.9994) & torch.isfinite(w).all(dim=2).all(dim=1)
+    default = torch.tensor(DEFAULT_STAIN_MATRIX, dtype=od.dtype, device=od.device)
+    w = torch.where(ok[:, None, None], w, default.expand_as(w))
+    return concentration_statistics(w, od, ok, sample.valid, percentile, ops, nonnegative=True)
+
+
+def vahadane_params(
+    stats: dict[str, Tensor], ref_stains: Tensor, ref_max: Tensor, io: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(P (B, 2, 3), c (B, 2, 1), ref (B, 3, 2))``: concentrations
+    ``max(0, c - P @ ln(I + 1))`` rebuilt with ``ref`` (see :func:`vahadane_transform`)."""
+    pinv = stats["pinv"]
+    scale = ref_max / stats["max_concentrations"]  # (B, 2)
+    p = scale[:, :, None] * pinv  # (B, 2, 3)
+    c = math.log(io) * p.sum(dim=2, keepdim=True)  # P @ (ln Io * 1)
+    return p, c, ref_stains.expand(p.shape[0], 3, 2).contiguous()
+
+
+def vahadane_transform(
+    x: Tensor, params: tuple[Tensor, ...], io: float, ops: Ops = EAGER
+) -> Tensor:
+    """Intensities ``(B, 3, S)`` (0..255) -> normalised intensities ``(B, 3, S)`` (float)."""
+    p, c, ref = params
+    conc = torch.baddbmm(c, p, ops.log1(x, p.dtype), alpha=-1.0).clamp_(min=0)
+    return ops.exp_(torch.bmm(ref, conc).neg_().add_(math.log(io)))
+
+
+class VahadaneCore:
+    """Vahadane's functional core over its options, for :class:`Vahadane` and its twin."""
+
+    io: float
+    percentile: float
+    lam: float
+    n_iter: int
+    nmf_samples: int
+    options = ("percentile", "lam", "n_iter", "nmf_samples")
+    reference_buffers = ("stain_matrix", "max_concentrations")
+
+    def core_statistics(self, sample: PixelSample, ops: Ops) -> tuple[dict[str, Tensor], Tensor]:
+        args = (self.io, self.percentile, self.lam, self.n_iter, self.nmf_samples)
+        return vahadane_statistics(sample, *args, ops)
+
+    def core_params(self, stats: dict[str, Tensor], *reference: Tensor) -> tuple[Tensor, ...]:
+        return vahadane_params(stats, *reference, self.io)
+
+    def core_transform(self, x: Tensor, params: tuple[Tensor, ...], ops: Ops) -> Tensor:
+        return vahadane_transform(x, params, self.io, ops)
+
+
+class ExportableVahadane(VahadaneCore, ExportableCore):
+    """:class:`Vahadane`'s trace-friendly twin (see :mod:`~stainadapt.normalizers.exportable`)."""
+
+
+class Vahadane(VahadaneCore, CoreNormalizer):
     """Vahadane normaliser (sparse NMF stain vectors); an ``nn.Module``.
 
     Args:
@@ -129,6 +217,8 @@ class Vahadane(StainNormalizer):
 
     Buffers: ``stain_matrix`` ``(3, 2)`` and ``max_concentrations`` ``(2,)``.
     """
+
+    twin = ExportableVahadane
 
     def __init__(
         self,
@@ -154,43 +244,3 @@ class Vahadane(StainNormalizer):
         self.nmf_samples = int(nmf_samples)
         self.register_buffer("stain_matrix", torch.tensor(DEFAULT_STAIN_MATRIX))
         self.register_buffer("max_concentrations", torch.tensor(DEFAULT_MAX_CONCENTRATIONS))
-
-    def _statistics(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        tissue = tissue_from_intensity(x, self.io, self.beta)
-        od = od_from_intensity(x, self.io, self.compute_dtype)
-        w0, ok = macenko_stains(od, tissue, 1.0)
-        ok = ok & self._enough_tissue(tissue)
-        stride = max(1, math.ceil(od.shape[2] / self.nmf_samples))
-        v = od[:, :, ::stride] * tissue[:, None, ::stride].to(od.dtype)
-        w = sparse_nmf(v, w0, self.lam, self.n_iter)
-        h_first = (w[:, 0, 0] >= w[:, 0, 1])[:, None, None]  # hematoxylin: larger red OD
-        w = torch.where(h_first, w, w.flip(2))
-        cos = (w[:, :, 0] * w[:, :, 1]).sum(dim=1)
-        ok = ok & (cos < 0.9994) & torch.isfinite(w).all(dim=2).all(dim=1)
-        default = torch.tensor(DEFAULT_STAIN_MATRIX, dtype=od.dtype, device=od.device)
-        w = torch.where(ok[:, None, None], w, default.expand_as(w))
-        pinv = torch.linalg.pinv(w)
-        conc = (pinv @ od).clamp_(min=0)
-        b, _, k = conc.shape
-        maxc = masked_quantile(conc.reshape(b * 2, k), None, (self.percentile / 100.0,))
-        maxc = maxc.reshape(b, 2)
-        ok = ok & (maxc > 1e-6).all(dim=1)
-        maxc = torch.where(ok[:, None], maxc, torch.ones_like(maxc))
-        return {"stain_matrix": w, "max_concentrations": maxc, "pinv": pinv}, ok
-
-    def _set_reference(self, stats: dict[str, Tensor]) -> None:
-        self.stain_matrix.copy_(stats["stain_matrix"][0])
-        self.max_concentrations.copy_(stats["max_concentrations"][0])
-
-    def _params(self, stats: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        pinv = stats["pinv"]
-        ref = self.stain_matrix.to(pinv.device, pinv.dtype)
-        scale = self.max_concentrations.to(ref) / stats["max_concentrations"]  # (B, 2)
-        p = scale[:, :, None] * pinv  # (B, 2, 3)
-        c = math.log(self.io) * p.sum(dim=2, keepdim=True)  # P @ (ln Io * 1)
-        return p, c, ref.expand(p.shape[0], 3, 2).contiguous()
-
-    def _transform(self, x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
-        p, c, ref = params
-        conc = torch.baddbmm(c, p, intensity_to_log(x, p.dtype), alpha=-1.0).clamp_(min=0)
-        return exp_(torch.bmm(ref, conc).neg_().add_(math.log(self.io)))

@@ -50,9 +50,13 @@ def check_normalizer(spec: str, device: str | torch.device = "cpu", **overrides:
     array and returns the normaliser; ``forward`` keeps dtype, shape and device for
     ``(3, H, W)`` and ``(B, 3, H, W)``; a batch equals the per-image loop; a blank white
     tile gives no NaN and comes back unchanged; ``state_dict`` round trip into a fresh
-    instance reproduces the output; ``.to(device)`` moves the buffers.
+    instance reproduces the output; ``.to(device)`` moves the buffers. When the
+    normaliser has a trace-friendly twin (its ``exportable()`` hook), the twin agrees
+    with it to one grey level and leaves the blank tile as it is.
     """
     from stainadapt.registry import create
+    from stainadapt.errors import InputError
+    from stainadapt.normalizers.exportable import exportable_normalizer
 
     dev = torch.device(device)
     norm = create("normalizers", spec, **overrides)
@@ -92,4 +96,17 @@ def check_normalizer(spec: str, device: str | torch.device = "cpu", **overrides:
     fresh = fresh.to(dev)
     again = fresh(img.to(dev))
     assert torch.equal(again, out), f"{spec}: state_dict round trip changes the output"
+
+    try:
+        twin = exportable_normalizer(norm)
+    except InputError:  # no twin: ``stainadapt export`` asks for --no-normalizer
+        return norm
+    with torch.no_grad():
+        got = twin(img[None].float())[0]
+        blank_out = twin(blank[None].float().cpu())[0]
+    assert got.shape == img.shape, f"{spec}: the exportable twin changes the shape"
+    diff = (got - out.cpu().float()).abs().max().item()
+    assert diff <= 1, f"{spec}: the exportable twin differs by {diff} grey levels"
+    moved = (blank_out - blank.float().cpu()).abs().max().item()
+    assert moved <= 5, f"{spec}: the exportable twin changed a blank tile's colour"
     return norm
