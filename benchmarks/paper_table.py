@@ -532,7 +532,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from stainadapt.engine.checkpoint import atomic_write_text
+    from stainadapt.atomic import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -558,9 +558,9 @@ class EvalSets:
 def evaluate_run(run: Path, sets: EvalSets, device: str,
                  normalizer: str | None = None) -> dict[str, Any]:
     from stainadapt.data.io import read_image
-    from stainadapt.engine.checkpoint import load_model
     from stainadapt.engine.trainer import evaluate_model, resolve_device
     from stainadapt.registry import create
+    from stainadapt.runs import load_model
 
     dev = resolve_device(device)
     model, _ = load_model(run, device=dev)
@@ -1335,7 +1335,7 @@ def render_chart(stats: dict, path: Path) -> Path | None:
     """Horizontal bars: Masson Dice per method, ours (± seed std) beside the paper's."""
     from PIL import Image, ImageDraw
 
-    from stainadapt.engine.checkpoint import atomic_write_bytes
+    from stainadapt.atomic import atomic_write_bytes
 
     rows = [m for m in METHODS if (m.id, "T", "dice") in stats or m.id in PAPER]
     if not rows:
@@ -1377,7 +1377,7 @@ def render_chart(stats: dict, path: Path) -> Path | None:
 
 
 def render(out: Path, md_path: Path, png_path: Path | None) -> str:
-    from stainadapt.engine.checkpoint import atomic_write_text
+    from stainadapt.atomic import atomic_write_text
 
     results = load_results(out)
     invocations = _read_invocations(out)

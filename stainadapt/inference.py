@@ -705,7 +705,7 @@ def _write_tiled_tiff(path: Path, shape: tuple[int, int], tiles: Iterable[np.nda
     """Write ``tiles`` (row-major, OUTPUT_TILE square, uint8) as a zlib tiled TIFF, atomically."""
     import tifffile
 
-    from .engine.checkpoint import atomic_save
+    from .atomic import atomic_save
 
     height, width = shape
 
@@ -848,7 +848,7 @@ def overlay_image(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np
 
 
 def _load_normalizer(spec: str | None, reference: str | Path | None, meta: dict[str, Any]):
-    from .engine.checkpoint import normalizer_from_meta
+    from .runs import normalizer_from_meta
 
     if spec is None:
         if reference is not None:
@@ -893,7 +893,7 @@ def predict_paths(
     :meth:`PredictReport.raise_for_failures` afterwards. ``progress(path, done, total)``
     is called after each row of windows.
     """
-    from .engine import distributed
+    from . import distributed
 
     files = collect_inputs(inputs)
     dev = distributed.local_device(resolve_device(device))
@@ -936,9 +936,9 @@ def _predict_files(
     shared by every rank (:class:`BandShards`) and written by rank 0. In one process
     (world 1) every file is this process's, as before.
     """
+    from . import distributed
     from .data.io import image_shape, read_image, write_image
-    from .engine import distributed
-    from .engine.checkpoint import load_model
+    from .runs import load_model
 
     world, rank = distributed.world_size(), distributed.rank() if distributed.is_active() else 0
     net, meta = load_model(model, device=dev)

@@ -118,7 +118,7 @@ def predict(
     With --instances, also one object per glomerulus: GeoJSON polygons QuPath imports,
     a CSV of measurements per image and summary.csv (see docs/objects.md).
     """
-    from ..engine import distributed
+    from .. import distributed
     from ..inference import predict_paths
 
     options = None

@@ -31,9 +31,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from ..config import TrainConfig
 from ..errors import InputError
-from .checkpoint import atomic_write_text, load_model
+from ..runs import load_model
 from .trainer import evaluate_model, load_domain_images, resolve_device, split_samples, train
 
 __all__ = ["DemoBudget", "FULL", "QUICK", "DemoRow", "run_demo", "quick_requested",

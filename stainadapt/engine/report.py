@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 
 __all__ = ["draw_curves", "write_curves", "overlay", "write_overlay"]
 

@@ -1,4 +1,4 @@
-"""The pure parts of stainadapt.engine.distributed and the trainer's sharding, in-process."""
+"""The pure parts of stainadapt.distributed and the trainer's sharding, in-process."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stainadapt.engine import distributed
+from stainadapt import distributed
 from stainadapt.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))

@@ -8,10 +8,10 @@ import tifffile
 import torch
 from conftest import blob_image
 
-from stainadapt.engine.checkpoint import save_model
 from stainadapt.errors import RunFailure
 from stainadapt.inference import collect_inputs, predict_paths
 from stainadapt.models.unet import SegmentationNet
+from stainadapt.runs import save_model
 
 
 @pytest.fixture

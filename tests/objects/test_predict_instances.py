@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from stainadapt.cli.app import app
 from stainadapt.data.io import write_image
-from stainadapt.engine.checkpoint import save_model
 from stainadapt.errors import InputError
 from stainadapt.models.unet import SegmentationNet
 from stainadapt.objects import InstanceOptions
 from stainadapt.objects.outputs import write_prediction_objects
+from stainadapt.runs import save_model
 
 
 def _rows(path):

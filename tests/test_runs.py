@@ -7,16 +7,10 @@ import json
 import pytest
 import torch
 
-from stainadapt.engine.checkpoint import (
-    atomic_save,
-    atomic_write_bytes,
-    atomic_write_text,
-    load_model,
-    normalizer_from_meta,
-    save_model,
-)
+from stainadapt.atomic import atomic_save, atomic_write_bytes, atomic_write_text
 from stainadapt.errors import InputError
 from stainadapt.models.unet import SegmentationNet
+from stainadapt.runs import load_model, normalizer_from_meta, save_model
 
 DEC = (32, 16, 16, 8, 8)
 
