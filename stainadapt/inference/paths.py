@@ -27,7 +27,7 @@ from ..device import resolve_device
 from ..errors import InputError, RunFailure
 from ..runs import load_model, normalizer_from_meta
 from .predictor import SlidingWindowPredictor
-from .sharding import BandShards
+from .sharding import BandShards, file_owner
 from .streaming import predict_tiff_streamed
 
 __all__ = ["STREAM_MIN_PIXELS", "PredictOptions", "PredictReport", "collect_inputs",
@@ -202,7 +202,7 @@ def _predict_files(
                 shape_error = exc
         streamed = shape is not None and shape[0] * shape[1] >= opts.stream_min_pixels
         shared = world > 1 and streamed
-        if world > 1 and not shared and index % world != rank:
+        if world > 1 and not shared and file_owner(index, world) != rank:
             continue  # another rank's file
         done_already = not opts.overwrite and all(p.exists() for p in wanted)
         if shared:  # rank 0 decides for everyone: only it writes this file

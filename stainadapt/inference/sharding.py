@@ -1,4 +1,8 @@
-"""One large image shared by the ranks of a torchrun job, group of bands by group."""
+"""How a torchrun job shares prediction: whole files dealt to ranks, slides band by band.
+
+Files below the streaming size go whole to one rank each (:func:`file_owner`); a
+streamed slide is shared by every rank, group of bands by group (:class:`BandShards`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,12 @@ import contextlib
 
 import torch
 
-__all__ = ["BandShards"]
+__all__ = ["BandShards", "file_owner"]
+
+
+def file_owner(index: int, world: int) -> int:
+    """The rank that predicts input file number ``index`` (in input order) on its own."""
+    return index % world
 
 
 class BandShards:

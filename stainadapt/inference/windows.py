@@ -8,8 +8,9 @@ its smallest positive value so nothing divides by zero).
 Background glass: a window whose fraction of tissue pixels (base-10 optical density
 summed over R, G and B above :data:`TISSUE_OD`) is below the predictor's ``min_tissue``
 is not run through the model. This is a cheap test of whole windows on the raw 8-bit
-pixels; it is not the stain normalisers' per-pixel stain test (natural-log OD of each
-channel, in ``stainadapt.normalizers.od``), which picks the pixels a stain fit uses.
+pixels. It is not the stain normalisers' per-pixel test (``tissue_mask`` in
+``stainadapt.normalizers.od``: natural-log OD of every channel at least ``beta``), which
+picks the pixels a stain fit uses; the two answer different questions.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ TISSUE_OD = 0.15
 
 # Base-10 OD of one 8-bit channel value: -log10((v + 1) / 256); a lookup table keeps it cheap.
 _OD_LUT = (-np.log10((np.arange(256, dtype=np.float32) + 1.0) / 256.0)).astype(np.float32)
-
 
 
 def window_starts(length: int, tile: int, overlap: int) -> list[int]:
