@@ -49,7 +49,7 @@ def _image(args) -> np.ndarray:
 
 def _model(args):
     if args.model:
-        from stainadapt.engine.checkpoint import load_model
+        from stainadapt.runs import load_model
 
         return load_model(args.model)[0], True
     from stainadapt.models.unet import SegmentationNet

@@ -398,7 +398,7 @@ def render_chart(stats: dict, path: Path) -> Path | None:
     """Horizontal bars: Masson Dice per method, ours (± seed std) beside the paper's."""
     from PIL import Image, ImageDraw
 
-    from stainadapt.engine.checkpoint import atomic_write_bytes
+    from stainadapt.atomic import atomic_write_bytes
 
     rows = [m for m in METHODS if (m.id, "T", "dice") in stats or m.id in PAPER]
     if not rows:
@@ -440,7 +440,7 @@ def render_chart(stats: dict, path: Path) -> Path | None:
 
 
 def render(out: Path, md_path: Path, png_path: Path | None) -> str:
-    from stainadapt.engine.checkpoint import atomic_write_text
+    from stainadapt.atomic import atomic_write_text
 
     results = load_results(out)
     invocations = _read_invocations(out)

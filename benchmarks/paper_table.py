@@ -208,9 +208,9 @@ def evaluate_run(run: Path, cfg: Any, data: Data, device: str,
     from stainadapt.data.folders import scan_domain
     from stainadapt.data.io import read_image
     from stainadapt.data.splits import held_out, run_splits
-    from stainadapt.engine.checkpoint import load_model
     from stainadapt.engine.trainer import evaluate_model, load_domain_images, resolve_device
     from stainadapt.registry import create
+    from stainadapt.runs import load_model
 
     s_train, s_val = run_splits(scan_domain(data.S, require_masks=True), cfg, "source")
     t_val = held_out(scan_domain(data.T, require_masks=True), cfg, "target")
@@ -313,7 +313,7 @@ def run_all(args: argparse.Namespace, budget: Recipe, out: Path) -> dict[str, An
     """Every planned (method, seed) in order: skip it, train or evaluate it, or record its
     failure (retried by the next invocation). Ctrl-C propagates: the trainer has saved a
     resumable state."""
-    from stainadapt.engine.checkpoint import atomic_write_text
+    from stainadapt.atomic import atomic_write_text
 
     seeds = list(range(args.seeds if args.seeds is not None else budget.seeds))
     methods = plan_methods(args.only)

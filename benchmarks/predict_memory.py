@@ -80,7 +80,7 @@ def main() -> None:
         # in a child too, so this process never holds torch or a model
         code = (
             "import torch; from stainadapt.models.unet import SegmentationNet;"
-            "from stainadapt.engine.checkpoint import save_model; torch.manual_seed(0);"
+            "from stainadapt.runs import save_model; torch.manual_seed(0);"
             f"save_model({str(run)!r}, SegmentationNet({args.backbone!r}),"
             f" {{'image_size': {args.tile}}})"
         )

@@ -61,8 +61,8 @@ def _validation_items(demo: Path, results: dict[str, Any]) -> list[tuple[str, An
 
 
 def _predict(run: Path, items: list, device: Any) -> list[np.ndarray]:
-    from stainadapt.engine.checkpoint import load_model, normalizer_from_meta
     from stainadapt.engine.trainer import predict_probs
+    from stainadapt.runs import load_model, normalizer_from_meta
 
     model, meta = load_model(run, device=device)
     norm = normalizer_from_meta(meta.get("normalizer"), device=device)

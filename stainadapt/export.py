@@ -277,8 +277,9 @@ def export_model(
     or a normaliser that cannot be baked in, and :class:`RunFailure` when the exported
     model disagrees with PyTorch.
     """
-    from .engine.checkpoint import atomic_save, atomic_write_text, load_model, normalizer_from_meta
+    from .atomic import atomic_save, atomic_write_text
     from .normalizers.base import TissueWarning
+    from .runs import load_model, normalizer_from_meta
 
     fmt = fmt.lower()
     if fmt not in FORMATS:

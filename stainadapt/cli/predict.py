@@ -118,8 +118,8 @@ def predict(
     With --instances, also one object per glomerulus: GeoJSON polygons QuPath imports,
     a CSV of measurements per image and summary.csv (see docs/objects.md).
     """
-    from ..engine import distributed
-    from ..inference import predict_paths
+    from .. import distributed
+    from ..inference import PredictOptions, predict_paths
 
     options = None
     if instances:
@@ -143,27 +143,23 @@ def predict(
         def progress(path: Path, done: int, total: int) -> None:
             bar.update(task, description=path.name, completed=done, total=total)
 
-        report = run_guarded(
-            lambda: predict_paths(
-                inputs,
-                model,
-                out,
-                tile=tile,
-                overlap=overlap,
-                batch_size=batch_size,
-                threshold=threshold,
-                probabilities=probabilities or instances,
-                overlay=overlay,
-                normalize=normalize,
-                reference=reference,
-                tta=tta,
-                device=device,
-                amp=amp,
-                overwrite=overwrite,
-                min_tissue=min_tissue,
-                progress=progress,
-            )
+        predict_options = PredictOptions(
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            threshold=threshold,
+            probabilities=probabilities or instances,
+            overlay=overlay,
+            normalize=normalize,
+            reference=reference,
+            tta=tta,
+            device=device,
+            amp=amp,
+            overwrite=overwrite,
+            min_tissue=min_tissue,
+            progress=progress,
         )
+        report = run_guarded(lambda: predict_paths(inputs, model, out, predict_options))
     if not main:  # every rank holds the whole job's report: exit with rank 0's status
         if report.failed:
             raise typer.Exit(1)

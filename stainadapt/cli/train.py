@@ -111,8 +111,9 @@ def train(
     Several GPUs or nodes: start it with torchrun (torchrun --nproc-per-node N -m
     stainadapt train ...); rank 0 writes the run folder.
     """
+    from .. import distributed
     from ..config import resolve_config
-    from ..engine import distributed, trainer
+    from ..engine import trainer
 
     flags = {
         "source": source, "target": target, "mode": mode, "discs": disc or None,

@@ -38,10 +38,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from ..data.splits import held_out, run_splits
 from ..errors import InputError
 from ..recipes import DEMO, DEMO_QUICK, Recipe
-from .checkpoint import atomic_write_text, load_model
+from ..runs import load_model
 from .trainer import evaluate_model, load_domain_images, resolve_device, train
 
 __all__ = ["DemoRow", "run_demo", "quick_requested", "results_table", "SELF_TRAINED"]

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from ..data.overlay import draw_overlay
 
-__all__ = ["draw_curves", "write_curves", "overlay", "write_overlay"]
+__all__ = ["draw_curves", "write_curves", "write_overlay"]
 
 COLOURS = [
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -92,30 +93,11 @@ def write_curves(path: str | Path, records: Sequence[dict[str, Any]]) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _edges(mask: np.ndarray) -> np.ndarray:
-    m = mask.astype(bool)
-    inner = m.copy()
-    inner[1:, :] &= m[:-1, :]
-    inner[:-1, :] &= m[1:, :]
-    inner[:, 1:] &= m[:, :-1]
-    inner[:, :-1] &= m[:, 1:]
-    return m & ~inner
-
-
-def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
-    """RGB uint8 picture: prediction tinted green, outlines of truth (red) and prediction."""
-    out = image.astype(np.float32).copy()
-    p = pred.astype(bool)
-    out[p] = 0.65 * out[p] + 0.35 * np.array([0, 255, 0], np.float32)
-    out[_edges(p)] = (0, 200, 0)
-    if truth is not None:
-        out[_edges(truth.astype(bool))] = (255, 0, 0)
-    return out.clip(0, 255).astype(np.uint8)
-
-
 def write_overlay(
     path: str | Path, image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None
 ) -> Path:
+    """A run's sample picture: prediction tinted green and outlined, truth outlined red."""
+    picture = draw_overlay(image, pred, truth, colour=(0, 200, 0), tint=0.35)
     buf = io.BytesIO()
-    Image.fromarray(overlay(image, pred, truth)).save(buf, format="PNG")
+    Image.fromarray(picture).save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())

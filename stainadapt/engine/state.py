@@ -2,7 +2,7 @@
 
 Holds G, every discriminator, every optimiser, the epoch reached, the best validation
 score so far and the RNG states. It is written with ``torch.save`` through
-:func:`~stainadapt.engine.checkpoint.atomic_save` and read back with
+:func:`~stainadapt.atomic.atomic_save` and read back with
 ``torch.load(weights_only=True)``: only tensors, numbers, strings, lists, tuples and dicts
 are stored (the numpy RNG state is converted to a tensor), so loading it runs no code.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_save
 from ..errors import InputError
-from .checkpoint import atomic_save
 
 __all__ = ["STATE_FILE", "save_state", "load_state", "rng_state", "set_rng_state"]
 

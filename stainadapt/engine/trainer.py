@@ -77,13 +77,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
+from ..atomic import atomic_write_text
 from ..config import TrainConfig, dumps_toml, load_toml
 from ..data.splits import split_samples
 from ..device import resolve_device as _resolve_device
 from ..errors import InputError, ReportedInterrupt, RunFailure
+from ..runs import non_finite, normalizer_to_meta, save_model
 from ..schedule import PHASES, epoch_phases, self_train_round
-from . import distributed
-from .checkpoint import atomic_write_text, non_finite, normalizer_to_meta, save_model
 from .losses import generator_adv_term, seg_loss
 from .report import write_curves, write_overlay
 from .state import STATE_FILE, load_state, rng_state, save_state, set_rng_state
@@ -970,7 +971,7 @@ class Trainer:
         """Overlays of the selected model on a few validation images of each domain."""
         if self.cfg.samples <= 0:
             return
-        from ..engine.checkpoint import load_model
+        from ..runs import load_model
 
         try:
             model, _ = load_model(self.run_dir, device=self.device)
@@ -1003,7 +1004,7 @@ def _init_from_run(model: torch.nn.Module, run: str, backbone: str) -> None:
     discriminator; a finished source-only run *is* that G, so adapting it skips the
     pretraining (the demo and the paper table share one source-only G between methods).
     """
-    from .checkpoint import read_meta, read_weights
+    from ..runs import read_meta, read_weights
 
     meta = read_meta(run)
     if meta["backbone"] != backbone:

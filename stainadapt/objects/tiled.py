@@ -25,108 +25,37 @@ polygons of all objects are kept until written.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from ..data.tiff import TiffReader
 from ..errors import InputError
 from .instances import EIGHT, Component, GlomerulusObject, InstanceOptions, objects_from_components
 
-__all__ = ["TiffRegionReader", "components_from_tiff", "objects_from_tiff"]
+__all__ = ["components_from_tiff", "objects_from_tiff", "open_mask_tiff", "read_mask_region"]
 
 
-class TiffRegionReader:
-    """Rectangles of a one-channel 8-bit TIFF (tiled or striped), decoding only what is hit.
+def open_mask_tiff(path: str | Path, cache_tiles: int = 256) -> TiffReader:
+    """A one-channel 8-bit mask/probability TIFF, read rectangle by rectangle.
 
-    ``read(y0, y1, x0, x1) -> (y1 - y0, x1 - x0) uint8``. Decoded segments are kept in
-    an LRU cache of ``cache_tiles`` entries.
+    Decoded segments are kept in an LRU cache of ``cache_tiles`` entries. A file that
+    is not a readable TIFF, or not one channel of uint8, is an InputError.
     """
+    path = Path(path)
+    try:
+        reader = TiffReader(path, cache_segments=cache_tiles)
+    except (OSError, ValueError, IndexError, KeyError) as exc:
+        raise InputError(f"{path}: not a readable TIFF ({exc})") from None
+    if reader.samples != 1 or reader.dtype != np.uint8:
+        reader.close()
+        raise InputError(f"{path}: expected a one-channel 8-bit mask TIFF")
+    return reader
 
-    def __init__(self, path: str | Path, cache_tiles: int = 256) -> None:
-        import tifffile
 
-        self.path = Path(path)
-        try:
-            self._tif = tifffile.TiffFile(self.path)
-        except (OSError, ValueError, IndexError, KeyError) as exc:
-            raise InputError(f"{self.path}: not a readable TIFF ({exc})") from None
-        try:
-            if not len(self._tif.pages):
-                raise InputError(f"{self.path}: no image in the TIFF")
-            page = self._tif.pages[0]
-            if int(page.samplesperpixel) != 1 or page.dtype != np.uint8:
-                raise InputError(f"{self.path}: expected a one-channel 8-bit mask TIFF")
-            self._page = page
-            self.shape = (int(page.imagelength), int(page.imagewidth))
-            if page.is_tiled:
-                self._seg = (int(page.tilelength), int(page.tilewidth))
-            else:  # strips span the width; the last one may be shorter
-                rows = int(page.rowsperstrip or self.shape[0])
-                self._seg = (max(1, min(rows, self.shape[0])), self.shape[1])
-            self._across = -(-self.shape[1] // self._seg[1])
-            self._args: dict[str, Any] = {"_fullsize": True}
-            if page.compression in {6, 7, 34892, 33007}:
-                self._args["jpegtables"] = page.jpegtables
-                self._args["jpegheader"] = page.jpegheader
-        except Exception:
-            self._tif.close()
-            raise
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._cache_tiles = max(1, int(cache_tiles))
-
-    def close(self) -> None:
-        self._cache.clear()
-        self._tif.close()
-
-    def __enter__(self) -> TiffRegionReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _segment(self, index: int) -> np.ndarray:
-        seg = self._cache.get(index)
-        if seg is not None:
-            self._cache.move_to_end(index)
-            return seg
-        page = self._page
-        offset, count = page.dataoffsets[index], page.databytecounts[index]
-        data = None
-        if count > 0 and offset > 0:
-            fh = self._tif.filehandle
-            with fh.lock:
-                fh.seek(offset)
-                data = fh.read(count)
-        out, _, _ = page.decode(data, index, **self._args)
-        sh, sw = self._seg
-        if out is None:
-            seg = np.zeros((sh, sw), dtype=np.uint8)
-        else:
-            seg = np.asarray(out).reshape(out.shape[-3], out.shape[-2])[:sh, :sw]
-        self._cache[index] = seg
-        if len(self._cache) > self._cache_tiles:
-            self._cache.popitem(last=False)
-        return seg
-
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """The pixels of rows ``y0:y1`` and columns ``x0:x1`` (clipped to the image)."""
-        h, w = self.shape
-        y0, y1, x0, x1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
-        out = np.zeros((max(0, y1 - y0), max(0, x1 - x0)), dtype=np.uint8)
-        sh, sw = self._seg
-        for ty in range(y0 // sh, -(-y1 // sh)):
-            for tx in range(x0 // sw, -(-x1 // sw)):
-                seg = self._segment(ty * self._across + tx)
-                sy, sx = ty * sh, tx * sw
-                ay, by = max(y0, sy), min(y1, sy + seg.shape[0])
-                ax, bx = max(x0, sx), min(x1, sx + seg.shape[1])
-                if by > ay and bx > ax:
-                    out[ay - y0 : by - y0, ax - x0 : bx - x0] = seg[
-                        ay - sy : by - sy, ax - sx : bx - sx
-                    ]
-        return out
+def read_mask_region(reader: TiffReader, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """``(y1 - y0, x1 - x0) uint8``: a rectangle of a mask TIFF (clipped to the image)."""
+    return reader.read_region(y0, y1, x0, x1)[..., 0]
 
 
 class _UnionFind:
@@ -153,13 +82,13 @@ class _UnionFind:
 
 
 def components_from_tiff(
-    reader: TiffRegionReader, band: int | None = None, level: int = 128
+    reader: TiffReader, band: int | None = None, level: int = 128
 ) -> list[Component]:
     """Pass 1: the 8-connected components of ``reader``'s mask (pixels ``>= level``)."""
     from scipy import ndimage as ndi
 
     height, width = reader.shape
-    band = int(band or reader._seg[0])
+    band = int(band or reader.segment_rows)
     if band < 1:
         raise InputError(f"band {band}: must be at least 1 row")
     uf = _UnionFind()
@@ -167,7 +96,7 @@ def components_from_tiff(
     prev_row: np.ndarray | None = None  # global labels of the last row of the band above
     offset = 0
     for y in range(0, height, band):
-        mask = reader.read(y, min(height, y + band), 0, width) >= level
+        mask = read_mask_region(reader, y, min(height, y + band), 0, width) >= level
         labels, n = ndi.label(mask, structure=EIGHT)
         if n:
             counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
@@ -228,8 +157,8 @@ def objects_from_tiff(
     ``prob_path``: the uint8 probability TIFF of the same slide (for mean probabilities).
     """
     options = options or InstanceOptions()
-    with TiffRegionReader(mask_path) as masks:
-        probs = TiffRegionReader(prob_path) if prob_path is not None else None
+    with open_mask_tiff(mask_path) as masks:
+        probs = open_mask_tiff(prob_path) if prob_path is not None else None
         try:
             if probs is not None and probs.shape != masks.shape:
                 raise InputError(
@@ -238,10 +167,10 @@ def objects_from_tiff(
             comps = components_from_tiff(masks, band)
 
             def crop(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray | None]:
-                m = masks.read(y0, y1, x0, x1) >= 128
+                m = read_mask_region(masks, y0, y1, x0, x1) >= 128
                 p = None
                 if probs is not None:
-                    p = probs.read(y0, y1, x0, x1).astype(np.float32) / 255.0
+                    p = read_mask_region(probs, y0, y1, x0, x1).astype(np.float32) / 255.0
                 return m, p
 
             return objects_from_components(comps, crop, options, notes)

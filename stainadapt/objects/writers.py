@@ -108,7 +108,7 @@ def write_geojson(
     class_name: str = "Glomerulus",
 ) -> Path:
     """Write ``path`` (atomically) with :func:`feature_collection`."""
-    from ..engine.checkpoint import atomic_write_text
+    from ..atomic import atomic_write_text
 
     data = feature_collection(objects, image_name, mpp, class_name)
     return atomic_write_text(path, json.dumps(data, separators=(",", ":")) + "\n")
@@ -132,7 +132,7 @@ def write_csv(
     path: str | Path, objects: Sequence[GlomerulusObject], mpp: float | None = None
 ) -> Path:
     """One row per object (see the module docstring), written atomically."""
-    from ..engine.checkpoint import atomic_write_text
+    from ..atomic import atomic_write_text
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -163,7 +163,7 @@ def read_summary_row(path: str | Path) -> dict[str, Any]:
 
 def write_summary(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """``summary.csv``: one row per image (the union of the rows' columns, in order)."""
-    from ..engine.checkpoint import atomic_write_text
+    from ..atomic import atomic_write_text
 
     cols: list[str] = []
     for r in rows:

@@ -54,9 +54,9 @@ def check_normalizer(spec: str, device: str | torch.device = "cpu", **overrides:
     normaliser has a trace-friendly twin (its ``exportable()`` hook), the twin agrees
     with it to one grey level and leaves the blank tile as it is.
     """
-    from stainadapt.registry import create
     from stainadapt.errors import InputError
     from stainadapt.normalizers.exportable import exportable_normalizer
+    from stainadapt.registry import create
 
     dev = torch.device(device)
     norm = create("normalizers", spec, **overrides)

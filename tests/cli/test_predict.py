@@ -10,8 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from stainadapt.cli.app import app
-from stainadapt.engine.checkpoint import save_model
 from stainadapt.models.unet import SegmentationNet
+from stainadapt.runs import save_model
 
 
 def _image(h, w, seed):

@@ -24,9 +24,9 @@ import tifffile
 import torch
 from PIL import Image
 
-from stainadapt.engine.checkpoint import save_model
 from stainadapt.inference import predict_paths
 from stainadapt.models.unet import SegmentationNet
+from stainadapt.runs import save_model
 
 TIMEOUT = 240
 

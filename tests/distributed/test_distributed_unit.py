@@ -1,11 +1,11 @@
-"""The pure parts of stainadapt.engine.distributed and the trainer's sharding, in-process."""
+"""The pure parts of stainadapt.distributed and the trainer's sharding, in-process."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from stainadapt.engine import distributed
+from stainadapt import distributed
 from stainadapt.errors import InputError
 from stainadapt.testing import make_domain
 

@@ -22,8 +22,8 @@ def _script():
 def _fake_demo(tmp_path: Path) -> Path:
     from stainadapt.config import TrainConfig, dumps_toml
     from stainadapt.data.synth import generate
-    from stainadapt.engine.checkpoint import save_model
     from stainadapt.models.unet import SegmentationNet
+    from stainadapt.runs import save_model
 
     data = generate(tmp_path / "data", n=10, size=64)
     demo = tmp_path / "demo"
@@ -50,8 +50,8 @@ def test_demo_figure(tmp_path):
     assert width == 6 + 4 * (64 + 6)
     assert height > 2 * 64  # the validation split of 10 tiles holds 2 images
     # with the UDA + self-training run: one more column
-    from stainadapt.engine.checkpoint import save_model
     from stainadapt.models.unet import SegmentationNet
+    from stainadapt.runs import save_model
 
     save_model(demo / "uda-self-training", SegmentationNet("resnet18"), {"image_size": 64})
     assert module.main([str(demo), "--out", str(out), "--cell", "64"]) == 0

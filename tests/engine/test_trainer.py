@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from stainadapt.config import TrainConfig
-from stainadapt.engine.checkpoint import load_model
 from stainadapt.engine.state import load_state
 from stainadapt.engine.trainer import Trainer, resume, train
 from stainadapt.errors import InputError, PluginError
+from stainadapt.runs import load_model
 from stainadapt.testing import make_domain
 
 TINY = dict(backbone="resnet18", image_size=64, batch_size=2, steps_per_epoch=1,
@@ -191,7 +191,7 @@ def test_non_finite_loss_skips_the_step(tmp_path, domains):
 
 def test_normalizer_state_goes_into_model_json(tmp_path, domains):
     from stainadapt.data.io import read_image
-    from stainadapt.engine.checkpoint import normalizer_from_meta, read_meta
+    from stainadapt.runs import normalizer_from_meta, read_meta
 
     s, _ = domains
     cfg = _cfg(tmp_path, domains, mode="uda", discs=["single:layer=f4"], samples=0,

@@ -8,10 +8,10 @@ import tifffile
 import torch
 from conftest import blob_image
 
-from stainadapt.engine.checkpoint import save_model
 from stainadapt.errors import RunFailure
-from stainadapt.inference import collect_inputs, predict_paths
+from stainadapt.inference import PredictOptions, collect_inputs, predict_paths
 from stainadapt.models.unet import SegmentationNet
+from stainadapt.runs import save_model
 
 
 @pytest.fixture
@@ -57,3 +57,22 @@ def test_collect_inputs_name_clash(tmp_path):
     (tmp_path / "b" / "x.tif").write_bytes(b"")
     with pytest.raises(Exception, match="same name"):
         collect_inputs([tmp_path / "a", tmp_path / "b"])
+
+
+def test_options_object_and_keywords_agree(run, tmp_path):
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "x.tif", blob_image(80, 70, seed=2), photometric="rgb")
+    options = PredictOptions(device="cpu", tile=32, min_tissue=0, probabilities=True)
+    a = predict_paths([tmp_path / "in"], run, tmp_path / "a", options)
+    b = predict_paths([tmp_path / "in"], run, tmp_path / "b", device="cpu", tile=32,
+                      min_tissue=0, probabilities=True)
+    assert a.tiles_total == b.tiles_total == 3 * 3
+    for name in ("x.tif", "probabilities/x.tif"):
+        np.testing.assert_array_equal(
+            tifffile.imread(tmp_path / "a" / name), tifffile.imread(tmp_path / "b" / name)
+        )
+    # keywords override the object's fields; the object itself is left as it was
+    c = predict_paths([tmp_path / "in"], run, tmp_path / "a", options, overwrite=True)
+    assert c.written and not c.existing and options.overwrite is False
+    with pytest.raises(TypeError):
+        predict_paths([tmp_path / "in"], run, tmp_path / "a", no_such_option=1)

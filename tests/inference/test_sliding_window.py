@@ -12,8 +12,8 @@ from stainadapt.inference import (
     SlidingWindowPredictor,
     gaussian_weight,
     sliding_window_predict,
-    tissue_fraction,
     window_starts,
+    window_tissue_fraction,
 )
 from stainadapt.metrics import segmentation_metrics
 
@@ -42,11 +42,11 @@ def test_gaussian_weight_peak_sigma_no_zeros():
     assert float(g[39] / g[31]) == pytest.approx(expected, rel=1e-4)
 
 
-def test_tissue_fraction_glass_vs_tissue():
+def test_window_tissue_fraction_glass_vs_tissue():
     glass = np.full((64, 64, 3), 240, np.uint8)
     tissue = np.full((64, 64, 3), 120, np.uint8)
-    assert tissue_fraction(glass) == 0.0
-    assert tissue_fraction(tissue) == 1.0
+    assert window_tissue_fraction(glass) == 0.0
+    assert window_tissue_fraction(tissue) == 1.0
 
 
 @pytest.mark.parametrize("h,w", [(97, 131), (64, 64), (30, 45), (200, 70)])

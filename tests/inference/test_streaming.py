@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from conftest import blob_image
 
-from stainadapt.inference import SlidingWindowPredictor, TiffBandReader, predict_tiff_streamed
+from stainadapt.inference import SlidingWindowPredictor, predict_tiff_streamed
 
 
 def _slide(h: int, w: int) -> np.ndarray:
@@ -37,39 +37,6 @@ def test_streamed_matches_in_memory(tmp_path, blob_net):
     np.testing.assert_array_equal(mask, (ref > 0.5).astype(np.uint8) * 255)
     prob = tifffile.imread(tmp_path / "p.tif")
     assert np.abs(prob.astype(int) - np.rint(ref * 255)).max() <= 1
-
-
-@pytest.mark.parametrize(
-    "layout",
-    [
-        {"rowsperstrip": 7},
-        {"tile": (48, 80), "compression": "zlib"},
-        {"tile": (64, 64), "planarconfig": "separate", "bigtiff": True},
-    ],
-    ids=["striped", "tiled-zlib-odd", "planar-bigtiff"],
-)
-def test_band_reader_layouts(tmp_path, layout):
-    img = blob_image(150, 230, seed=4)
-    data = np.moveaxis(img, 2, 0) if layout.get("planarconfig") == "separate" else img
-    tifffile.imwrite(tmp_path / "x.tif", data, photometric="rgb", **layout)
-    with TiffBandReader(tmp_path / "x.tif") as reader:
-        assert reader.shape == (150, 230)
-        for y0, y1 in [(0, 64), (40, 104), (100, 150), (149, 150)]:
-            np.testing.assert_array_equal(reader.read_rows(y0, y1), img[y0:y1])
-
-
-def test_band_reader_pyramid_level0_and_grey16(tmp_path):
-    img = blob_image(128, 192, seed=6)
-    with tifffile.TiffWriter(tmp_path / "pyr.tif") as tw:
-        tw.write(img, tile=(64, 64), photometric="rgb", subifds=1)
-        tw.write(img[::2, ::2], tile=(64, 64), photometric="rgb", subfiletype=1)
-    with TiffBandReader(tmp_path / "pyr.tif") as reader:
-        assert reader.shape == (128, 192)
-        np.testing.assert_array_equal(reader.read_rows(0, 128), img)
-    grey = img[..., 0].astype(np.uint16) * 257
-    tifffile.imwrite(tmp_path / "g.tif", grey, tile=(64, 64))
-    with TiffBandReader(tmp_path / "g.tif") as reader:
-        np.testing.assert_array_equal(reader.read_rows(10, 20), np.repeat(img[10:20, :, :1], 3, 2))
 
 
 def _streamed_peak(tmp_path, blob_net, h: int, w: int):

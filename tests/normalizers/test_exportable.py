@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from stainadapt import registry
 from stainadapt.cli.app import app
-from stainadapt.engine.checkpoint import normalizer_to_meta, save_model
 from stainadapt.errors import InputError
 from stainadapt.export import export_model
 from stainadapt.models.unet import SegmentationNet
@@ -21,6 +20,7 @@ from stainadapt.normalizers import Macenko, Reinhard, StainNormalizer, Vahadane
 from stainadapt.normalizers.exportable import ExportableNormalizer, exportable_normalizer
 from stainadapt.normalizers.od import tissue_from_intensity
 from stainadapt.normalizers.ops import PixelSample
+from stainadapt.runs import normalizer_to_meta, save_model
 from stainadapt.testing.normalizers import synthetic_he
 
 

@@ -17,14 +17,14 @@ from typer.testing import CliRunner
 
 from stainadapt.cli.app import app
 from stainadapt.data.synth import make_tile, tile_rng
-from stainadapt.engine.checkpoint import (
+from stainadapt.export import ATOL_NORMALIZED, IMAGE_ATOL, ExportedSegmenter, export_model
+from stainadapt.models.unet import SegmentationNet
+from stainadapt.runs import (
     load_model,
     normalizer_from_meta,
     normalizer_to_meta,
     save_model,
 )
-from stainadapt.export import ATOL_NORMALIZED, IMAGE_ATOL, ExportedSegmenter, export_model
-from stainadapt.models.unet import SegmentationNet
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from stainadapt.cli.app import app
 from stainadapt.data.io import write_image
-from stainadapt.engine.checkpoint import save_model
 from stainadapt.errors import InputError
 from stainadapt.models.unet import SegmentationNet
 from stainadapt.objects import InstanceOptions
 from stainadapt.objects.outputs import write_prediction_objects
+from stainadapt.runs import save_model
 
 
 def _rows(path):
@@ -35,17 +35,49 @@ def run(tmp_path):
     return tmp_path / "run"
 
 
-def test_cli_writes_consistent_objects(run, tmp_path):
+class DarkIsGlomerulus(torch.nn.Module):
+    """Per-pixel stand-in model: logit = 20 * (0.55 - mean RGB), dark pixels are glomeruli.
+
+    A 1x1 convolution, so the predicted mask is exactly the dark pixels of the image.
+    """
+
+    max_stride = 32
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(-20.0 / 3.0)
+            self.conv.bias.fill_(20.0 * 0.55)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+DISCS = [(30, 30, 12), (60, 95, 15), (76, 32, 9)]  # (cy, cx, r): three separate glomeruli
+
+
+def test_cli_writes_consistent_objects(run, tmp_path, monkeypatch):
+    import stainadapt.inference.paths as paths
+
+    monkeypatch.setattr(
+        paths, "load_model", lambda run, device="cpu": (DarkIsGlomerulus(), {"threshold": 0.5})
+    )
     src = tmp_path / "in"
     src.mkdir()
-    rng = np.random.default_rng(0)
-    img = np.full((96, 128, 3), 200, np.uint8)
-    img[20:70, 30:90] = rng.integers(30, 120, (50, 60, 3), dtype=np.uint8)
+    shape = (96, 128)
+    dark = np.zeros(shape, bool)
+    for cy, cx, r in DISCS:
+        dark |= disc(shape, cy, cx, r)
+    img = np.full((*shape, 3), 200, np.uint8)
+    img[dark] = (70, 40, 90)
     Image.fromarray(img).save(src / "a.png")
     tifffile.imwrite(src / "b.tif", img, photometric="rgb", tile=(32, 32))
     out = tmp_path / "out"
     args = ["predict", str(src), "--model", str(run), "--out", str(out), "--device", "cpu"]
-    res = CliRunner().invoke(app, [*args, "--instances", "--min-area", "0", "--keep-holes"])
+    res = CliRunner().invoke(
+        app, [*args, "--tile", "64", "--instances", "--min-area", "0", "--keep-holes"]
+    )
     assert res.exit_code == 0, res.output
     assert "as GeoJSON + CSV" in res.output
     for name, mask in (
@@ -53,20 +85,22 @@ def test_cli_writes_consistent_objects(run, tmp_path):
         ("b", tifffile.imread(out / "b.tif") > 0),
     ):
         assert (out / "probabilities" / f"{name}{'.png' if name == 'a' else '.tif'}").exists()
+        np.testing.assert_array_equal(mask, dark)  # the stand-in's mask: the three discs
         rows = _rows(out / f"{name}.csv")
         feats = json.loads((out / f"{name}.geojson").read_text())["features"]
-        assert len(rows) == len(feats)
+        assert len(rows) == len(feats) == len(DISCS)
+        want = sorted(int(disc(shape, cy, cx, r).sum()) for cy, cx, r in DISCS)
+        assert sorted(int(r["area_px2"]) for r in rows) == want
         assert sum(int(r["area_px2"]) for r in rows) == mask.sum()
+        assert all(f["geometry"]["type"] == "Polygon" for f in feats)
         union = np.zeros(mask.shape, bool)
         for f in feats:
-            if f["geometry"]["type"] == "Polygon":
-                union |= rasterise(f["geometry"]["coordinates"], mask.shape)
-        if all(f["geometry"]["type"] == "Polygon" for f in feats):
-            # simplified outlines: close to the mask, not equal
-            assert (union ^ mask).sum() <= 0.1 * max(1, mask.sum()) + 4 * len(feats)
+            union |= rasterise(f["geometry"]["coordinates"], mask.shape)
+        # simplified outlines: close to the mask, not equal
+        assert (union ^ mask).sum() <= 0.1 * max(1, mask.sum()) + 4 * len(feats)
     summary = _rows(out / "summary.csv")
     assert [r["image"] for r in summary] == ["a", "b"]
-    assert int(summary[0]["count"]) == len(_rows(out / "a.csv"))
+    assert [int(r["count"]) for r in summary] == [len(DISCS), len(DISCS)]
     # a rerun keeps what is there
     res = CliRunner().invoke(app, [*args, "--instances"])
     assert res.exit_code == 0 and "kept objects of 2 image(s)" in res.output

@@ -34,10 +34,10 @@ class DarkIsGlomerulus(nn.Module):
 
 
 def test_streamed_slide_objects_cross_mask_tiles(tmp_path, monkeypatch):
-    import stainadapt.engine.checkpoint as checkpoint
+    import stainadapt.inference.paths as paths
 
     monkeypatch.setattr(
-        checkpoint, "load_model", lambda run, device="cpu": (DarkIsGlomerulus(), {"threshold": 0.5})
+        paths, "load_model", lambda run, device="cpu": (DarkIsGlomerulus(), {"threshold": 0.5})
     )
     shape = (320, 560)
     dark = disc(shape, 256, 256, 40)  # on the corner of four 256 px output tiles

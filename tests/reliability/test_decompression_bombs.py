@@ -120,8 +120,8 @@ def test_cli_predict_and_evaluate_obey_max_pixels(tmp_path, monkeypatch):
     """The root option reaches every command's readers (here predict and evaluate)."""
     import torch
 
-    from stainadapt.engine.checkpoint import save_model
     from stainadapt.models.unet import SegmentationNet
+    from stainadapt.runs import save_model
 
     monkeypatch.setenv(sio.MAX_PIXELS_ENV, "")
     torch.manual_seed(0)

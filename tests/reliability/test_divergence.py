@@ -19,11 +19,11 @@ from typer.testing import CliRunner
 import stainadapt.engine.trainer as trainer_mod
 from stainadapt.cli.app import app
 from stainadapt.config import TrainConfig
-from stainadapt.engine.checkpoint import load_model, non_finite, save_model
 from stainadapt.engine.state import load_state
 from stainadapt.engine.trainer import Trainer, train
 from stainadapt.errors import RunFailure
 from stainadapt.models.unet import SegmentationNet
+from stainadapt.runs import load_model, non_finite, save_model
 
 
 def _cfg(tmp_path: Path, domains, **kw) -> TrainConfig:

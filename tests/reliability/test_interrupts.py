@@ -24,8 +24,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from stainadapt.cli.app import app
-from stainadapt.engine.checkpoint import load_model
 from stainadapt.engine.state import load_state
+from stainadapt.runs import load_model
 
 EPOCHS = dict(pretrain_epochs=1, disc_epochs=1, adv_epochs=4)  # 6 epochs of 2 steps
 TOTAL = sum(EPOCHS.values())
@@ -123,8 +123,8 @@ def test_interrupted_predict_resumes_from_unwritten_images(tmp_path, monkeypatch
     import torch
 
     import stainadapt.inference as inference
-    from stainadapt.engine.checkpoint import save_model
     from stainadapt.models.unet import SegmentationNet
+    from stainadapt.runs import save_model
 
     torch.manual_seed(0)
     save_model(tmp_path / "run", SegmentationNet("resnet18", decoder_channels=(16, 16, 8, 8, 8)),

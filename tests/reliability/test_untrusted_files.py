@@ -18,10 +18,10 @@ import torch
 from typer.testing import CliRunner
 
 from stainadapt.cli.app import app
-from stainadapt.engine.checkpoint import load_model, read_meta, save_model
 from stainadapt.engine.state import load_state
 from stainadapt.errors import InputError
 from stainadapt.models.unet import SegmentationNet
+from stainadapt.runs import load_model, read_meta, save_model
 
 PACKAGE = Path(__file__).resolve().parents[2] / "stainadapt"
 

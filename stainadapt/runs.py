@@ -8,33 +8,27 @@ A trained model is two files in the run folder, so ``predict`` needs nothing els
   ``threshold``, ``decoder_channels``, ``normalizer``, ``stainadapt_version``, ``mode``,
   ``discs``).
 
-Every write goes through :func:`atomic_save`: the bytes go to a temporary file in the
-same folder, are flushed to disk (``fsync``), then renamed over the target with
-``os.replace``. A run killed mid-write leaves the old file or the new one, never half of
-one. ``model.safetensors`` is written before ``model.json``, so a ``model.json`` always
-describes complete weights.
+Both are written atomically (:mod:`stainadapt.atomic`): a run killed mid-write leaves
+the old file or the new one, never half of one. ``model.safetensors`` is written before
+``model.json``, so a ``model.json`` always describes complete weights.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, RunFailure
+from .atomic import atomic_write_bytes, atomic_write_text
+from .errors import InputError, RunFailure
 
 __all__ = [
     "MODEL_WEIGHTS",
     "non_finite",
     "require_finite",
     "MODEL_META",
-    "atomic_save",
-    "atomic_write_bytes",
-    "atomic_write_text",
+    "meta_defaults",
     "save_model",
     "load_model",
     "read_meta",
@@ -45,55 +39,6 @@ __all__ = [
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_META = "model.json"
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (best effort: not every platform allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_save(path: str | os.PathLike[str], writer: Callable[[Path], Any]) -> Path:
-    """Write ``path`` atomically: ``writer(tmp_path)`` writes a temporary file, then rename.
-
-    The temporary file lives in the same folder (so ``os.replace`` is a rename on one file
-    system) and keeps the target's suffix, so writers that pick a format by suffix
-    (Pillow, tifffile) behave as for the real name. On any error the temporary file is
-    removed and the target is left as it was. Returns ``path`` as a :class:`Path`.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
-    tmp = target.with_name(f".{target.stem}.tmp-{token}{target.suffix}")
-    try:
-        writer(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(target.parent)
-    return target
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_save`)."""
-    return atomic_save(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_save`)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- finiteness
@@ -165,7 +110,7 @@ def normalizer_from_meta(entry: dict[str, Any] | None, device: Any = "cpu") -> A
         return None
     import torch
 
-    from ..registry import create
+    from .registry import create
 
     norm = create("normalizers", entry["spec"])
     state = {k: torch.tensor(v, dtype=torch.float32) for k, v in entry.get("state", {}).items()}
@@ -175,6 +120,26 @@ def normalizer_from_meta(entry: dict[str, Any] | None, device: Any = "cpu") -> A
 
 
 # --------------------------------------------------------------------------- model
+
+
+def meta_defaults(model: Any) -> dict[str, Any]:
+    """Every model.json field with the value :func:`save_model` writes when not given.
+
+    ``backbone`` and ``decoder_channels`` come from the model's own attributes and
+    ``stainadapt_version`` from the installed package.
+    """
+    from .version import __version__
+
+    return {
+        "backbone": getattr(model, "backbone_name", None),
+        "image_size": None,
+        "threshold": 0.5,
+        "decoder_channels": list(getattr(model, "decoder_channels", ()) or ()) or None,
+        "normalizer": None,
+        "stainadapt_version": __version__,
+        "mode": None,
+        "discs": [],
+    }
 
 
 def save_model(run_dir: str | os.PathLike[str], model: Any, meta: dict[str, Any]) -> Path:
@@ -187,23 +152,12 @@ def save_model(run_dir: str | os.PathLike[str], model: Any, meta: dict[str, Any]
     """
     from safetensors.torch import save as st_save
 
-    from ..version import __version__
-
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     # Clone: safetensors refuses tensors sharing storage, and CPU copies free the device.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     require_finite(tensors, str(run / MODEL_WEIGHTS))
-    full = {
-        "backbone": getattr(model, "backbone_name", None),
-        "image_size": None,
-        "threshold": 0.5,
-        "decoder_channels": list(getattr(model, "decoder_channels", ()) or ()) or None,
-        "normalizer": None,
-        "stainadapt_version": __version__,
-        "mode": None,
-        "discs": [],
-    }
+    full = meta_defaults(model)
     full.update(meta)
     if full["decoder_channels"] is not None:
         full["decoder_channels"] = [int(c) for c in full["decoder_channels"]]
@@ -266,9 +220,9 @@ def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[An
 
     import torch
 
-    from ..errors import PluginError
-    from ..models.unet import SegmentationNet
-    from ..registry import plugin_names
+    from .errors import PluginError
+    from .models.unet import SegmentationNet
+    from .registry import plugin_names
 
     backbone = meta["backbone"]
     known = plugin_names("backbones")

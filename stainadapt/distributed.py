@@ -69,7 +69,7 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
     always sets all three; a partial set (some cluster operators set ``RANK`` and
     ``WORLD_SIZE`` for a launcher they expect you to run) is an InputError saying so.
     """
-    from ..errors import InputError
+    from .errors import InputError
 
     env = os.environ if env is None else env
     keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK")

@@ -1,4 +1,4 @@
-"""Run-folder model files: round trip, refusals, atomic writes."""
+"""Run-folder model files: round trip, refusals, normaliser meta."""
 
 from __future__ import annotations
 
@@ -7,16 +7,9 @@ import json
 import pytest
 import torch
 
-from stainadapt.engine.checkpoint import (
-    atomic_save,
-    atomic_write_bytes,
-    atomic_write_text,
-    load_model,
-    normalizer_from_meta,
-    save_model,
-)
 from stainadapt.errors import InputError
 from stainadapt.models.unet import SegmentationNet
+from stainadapt.runs import load_model, normalizer_from_meta, save_model
 
 DEC = (32, 16, 16, 8, 8)
 
@@ -78,26 +71,6 @@ def test_corrupt_files_refused(tmp_path, net):
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(InputError, match="unreadable safetensors"):
         load_model(tmp_path)
-
-
-def test_atomic_writes(tmp_path):
-    target = tmp_path / "sub" / "a.txt"
-    atomic_write_text(target, "one")
-    atomic_write_bytes(target, b"two")
-    assert target.read_bytes() == b"two"
-
-    def broken(tmp):
-        tmp.write_text("half")
-        raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError):
-        atomic_save(target, broken)
-    assert target.read_text() == "two"  # old content kept
-    assert sorted(p.name for p in target.parent.iterdir()) == ["a.txt"]  # no temp left
-
-    seen = []
-    atomic_save(tmp_path / "x.png", lambda tmp: (seen.append(tmp.suffix), tmp.write_bytes(b"")))
-    assert seen == [".png"]  # writers that choose a format by suffix see the real one
 
 
 def test_normalizer_meta_none():

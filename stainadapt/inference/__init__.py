@@ -1,0 +1,43 @@
+"""Sliding-window prediction: images of any size, folders, and slides larger than memory.
+
+* :mod:`.windows`: where the windows go, their Gaussian weight, the glass test;
+* :mod:`.predictor`: :class:`SlidingWindowPredictor`, band by band;
+* :mod:`.streaming`: TIFF slides read and written tile by tile;
+* :mod:`.sharding`: one slide shared by the ranks of a torchrun job;
+* :mod:`.paths`: files and folders (``stainadapt predict``), :class:`PredictOptions`;
+* :mod:`.evaluate`: whole-image probabilities and Dice for validation.
+"""
+
+from __future__ import annotations
+
+from .evaluate import evaluate_model, load_domain_images, predict_probs
+from .paths import (
+    STREAM_MIN_PIXELS,
+    PredictOptions,
+    PredictReport,
+    collect_inputs,
+    predict_paths,
+)
+from .predictor import SlidingWindowPredictor, sliding_window_predict
+from .sharding import BandShards
+from .streaming import OUTPUT_TILE, predict_tiff_streamed
+from .windows import gaussian_weight, window_starts, window_tissue_fraction
+
+__all__ = [
+    "OUTPUT_TILE",
+    "STREAM_MIN_PIXELS",
+    "BandShards",
+    "PredictOptions",
+    "PredictReport",
+    "SlidingWindowPredictor",
+    "collect_inputs",
+    "evaluate_model",
+    "gaussian_weight",
+    "load_domain_images",
+    "predict_paths",
+    "predict_probs",
+    "predict_tiff_streamed",
+    "sliding_window_predict",
+    "window_starts",
+    "window_tissue_fraction",
+]

@@ -1,0 +1,297 @@
+"""Prediction of files and folders with a run folder's model: ``stainadapt predict``.
+
+Each input gets a mask in the output folder (PNG for PNG/JPEG, tiled TIFF for TIFF);
+TIFFs at least :attr:`PredictOptions.stream_min_pixels` large are streamed
+(:mod:`.streaming`). Under torchrun the files are dealt to the ranks and a streamed
+slide is shared by all of them (:class:`.sharding.BandShards`); every rank returns the
+whole job's :class:`PredictReport`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import distributed
+from ..data.io import IMAGE_EXTS, image_shape, read_image, write_image
+from ..data.overlay import draw_overlay
+from ..data.tiff import TiffReader
+from ..device import resolve_device
+from ..errors import InputError, RunFailure
+from ..runs import load_model, normalizer_from_meta
+from .predictor import SlidingWindowPredictor
+from .sharding import BandShards, file_owner
+from .streaming import predict_tiff_streamed
+
+__all__ = ["STREAM_MIN_PIXELS", "PredictOptions", "PredictReport", "collect_inputs",
+           "predict_paths"]
+
+#: TIFF inputs with at least this many pixels are streamed instead of read whole.
+STREAM_MIN_PIXELS = 4096 * 4096
+
+
+@dataclass
+class PredictOptions:
+    """How :func:`predict_paths` predicts; every field is a ``stainadapt predict`` flag.
+
+    ``tile``/``threshold`` default to the run's ``image_size``/``threshold`` (model.json);
+    ``normalize``/``reference`` fit a new normaliser instead of the run's own;
+    ``probabilities`` and ``overlay`` write extra outputs; ``progress(path, done, total)``
+    is called after each row of windows.
+    """
+
+    tile: int | None = None
+    overlap: int | None = None
+    batch_size: int = 8
+    threshold: float | None = None
+    probabilities: bool = False
+    overlay: bool = False
+    normalize: str | None = None
+    reference: str | Path | None = None
+    tta: bool = False
+    device: str = "auto"
+    amp: str = "auto"
+    overwrite: bool = False
+    min_tissue: float = 0.01
+    stream_min_pixels: int = STREAM_MIN_PIXELS
+    progress: Callable[[Path, int, int], None] | None = None
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_paths` did: outputs, skipped existing ones, failures, tiles."""
+
+    written: list[Path] = field(default_factory=list)
+    existing: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    tiles_total: int = 0
+    tiles_skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`RunFailure` listing the inputs that could not be predicted."""
+        if self.failed:
+            n = len(self.failed) + len(self.written) + len(self.existing)
+            lines = "\n".join(f"  {p}: {why}" for p, why in self.failed)
+            raise RunFailure(f"{len(self.failed)} of {n} inputs could not be predicted:\n{lines}")
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given, plus the image files (by suffix, sorted, not hidden) of folders."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
+                )
+            )
+        elif path.exists():
+            files.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    if not files:
+        raise InputError(
+            f"no images in {', '.join(str(i) for i in inputs)} (looked for {', '.join(IMAGE_EXTS)})"
+        )
+    seen: dict[str, Path] = {}
+    clashes = []
+    for f in files:
+        if f.stem in seen and seen[f.stem] != f:
+            clashes.append(f"{seen[f.stem]} and {f}")
+        seen.setdefault(f.stem, f)
+    if clashes:
+        raise InputError(
+            "inputs with the same name would write the same output: " + "; ".join(clashes)
+        )
+    return list(dict.fromkeys(files))
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def _load_normalizer(spec: str | None, reference: str | Path | None, meta: dict[str, Any]):
+    if spec is None:
+        if reference is not None:
+            raise InputError("--reference needs --normalize SPEC (e.g. --normalize macenko)")
+        return normalizer_from_meta(meta.get("normalizer"))
+    if reference is None:
+        raise InputError(f"--normalize {spec} needs --reference IMAGE to fit the stain to")
+    from ..registry import create
+
+    return create("normalizers", spec).fit(read_image(reference))
+
+
+def predict_paths(
+    inputs: Sequence[str | Path],
+    model: str | Path,
+    out: str | Path,
+    options: PredictOptions | None = None,
+    **overrides: Any,
+) -> PredictReport:
+    """Predict every input file (or image in an input folder) with the model of a run folder.
+
+    ``options`` (default :class:`PredictOptions`), with any of its fields given as
+    keywords on top (``predict_paths(inputs, run, out, tile=512, tta=True)``).
+    Writes ``OUT/<stem>.png`` (0/255) for PNG/JPEG inputs and ``OUT/<stem>.tif`` for
+    TIFF inputs; with ``probabilities`` also ``OUT/probabilities/<stem>.<ext>`` (uint8,
+    probability x 255); with ``overlay`` ``OUT/overlays/<stem>.png`` (not for streamed
+    slides). Outputs that exist are kept unless ``overwrite``, so a rerun resumes.
+    A file that fails is recorded in the report and the others go on; call
+    :meth:`PredictReport.raise_for_failures` afterwards.
+    """
+    opts = dataclasses.replace(options or PredictOptions(), **overrides)
+    files = collect_inputs(inputs)
+    dev = distributed.local_device(resolve_device(opts.device))
+    with distributed.session(dev):
+        report = _predict_files(files, model, Path(out), dev, opts)
+        if distributed.is_active():  # every rank returns the whole job's report
+            report = _merge_reports(distributed.all_gather_objects(report), files)
+    return report
+
+
+def _predict_files(
+    files: list[Path], model: str | Path, out: Path, dev: torch.device, opts: PredictOptions
+) -> PredictReport:
+    """The loop of :func:`predict_paths`, for this rank's share under torchrun.
+
+    Files below ``stream_min_pixels`` go to rank ``index % world``; a streamed slide is
+    shared by every rank (:class:`BandShards`) and written by rank 0. In one process
+    (world 1) every file is this process's.
+    """
+    world, rank = distributed.world_size(), distributed.rank() if distributed.is_active() else 0
+    net, meta = load_model(model, device=dev)
+    tile = int(opts.tile or meta.get("image_size") or 256)
+    threshold = opts.threshold
+    if threshold is None:
+        threshold = float(meta.get("threshold", 0.5) if meta.get("threshold") is not None else 0.5)
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"--threshold {threshold}: must be between 0 and 1")
+    normalizer = _load_normalizer(opts.normalize, opts.reference, meta)
+    predictor = SlidingWindowPredictor(
+        net, tile, opts.overlap, batch_size=opts.batch_size, device=dev, amp=opts.amp,
+        tta=opts.tta, normalizer=normalizer, min_tissue=opts.min_tissue,
+    )  # fmt: skip
+    progress = opts.progress
+    out.mkdir(parents=True, exist_ok=True)
+    report = PredictReport()
+    for index, path in enumerate(files):
+        suffix = ".tif" if _is_tiff(path) else ".png"
+        mask_path = out / f"{path.stem}{suffix}"
+        prob_path = out / "probabilities" / f"{path.stem}{suffix}" if opts.probabilities else None
+        wanted = [mask_path] + ([prob_path] if prob_path else [])
+        # The header decides streaming on every rank alike; an unreadable header is
+        # raised below by the rank that owns the file, as in one process.
+        shape: tuple[int, int] | None = None
+        shape_error: Exception | None = None
+        if _is_tiff(path):
+            try:
+                shape = image_shape(path)
+            except Exception as exc:
+                shape_error = exc
+        streamed = shape is not None and shape[0] * shape[1] >= opts.stream_min_pixels
+        shared = world > 1 and streamed
+        if world > 1 and not shared and file_owner(index, world) != rank:
+            continue  # another rank's file
+        done_already = not opts.overwrite and all(p.exists() for p in wanted)
+        if shared:  # rank 0 decides for everyone: only it writes this file
+            done_already = distributed.broadcast_object(done_already)
+        if done_already:
+            if rank == 0 or not shared:
+                report.existing.append(mask_path)
+            continue
+
+        def step(done: int, total: int, path: Path = path) -> None:
+            if progress is not None:
+                progress(path, done, total)
+
+        before_total, before_skipped = predictor.stats.tiles_total, predictor.stats.tiles_skipped
+        try:
+            if shape_error is not None:
+                raise shape_error
+            if shared and rank != 0:
+                assert shape is not None
+                _serve_streamed(predictor, path, shape, BandShards(rank, world, dev))
+                continue
+            if streamed:
+                if prob_path is not None:
+                    prob_path.parent.mkdir(parents=True, exist_ok=True)
+                shard = BandShards(rank, world, dev) if shared else None
+                try:
+                    predict_tiff_streamed(predictor, path, mask_path, threshold, prob_path,
+                                          step, shard)
+                except Exception:
+                    if shard is not None and shape is not None:  # e.g. it did not open here
+                        shard.drain(predictor.group_sizes(shape), predictor.tile)
+                    raise
+                if opts.overlay:
+                    report.notes.append(f"{path.name}: no overlay for a streamed slide")
+            else:
+                image = read_image(path)
+                prob = predictor.predict(image, step)
+                mask = prob > threshold
+                if prob_path is not None:
+                    write_image(prob_path, np.rint(prob * 255.0).astype(np.uint8))
+                if opts.overlay:
+                    picture = draw_overlay(image, mask, width=2)
+                    write_image(out / "overlays" / f"{path.stem}.png", picture)
+                write_image(mask_path, mask)
+            report.written.append(mask_path)
+        except InputError as exc:
+            report.failed.append((path, str(exc).removeprefix(f"{path}: ")))
+        except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            report.failed.append((path, reason))
+        finally:
+            report.tiles_total += predictor.stats.tiles_total - before_total
+            report.tiles_skipped += predictor.stats.tiles_skipped - before_skipped
+    return report
+
+
+def _serve_streamed(predictor: SlidingWindowPredictor, path: Path, shape: tuple[int, int],
+                    shard: BandShards) -> None:
+    """A non-zero rank's part of a shared slide: compute its bands, send them to rank 0."""
+    try:
+        reader = TiffReader(path)
+    except Exception:
+        with contextlib.suppress(RuntimeError):  # answer every group "failed"
+            predictor.serve_rows(None, shape, shard)
+        raise  # the open error itself is this rank's reason
+    with reader:
+        predictor.serve_rows(reader, reader.shape, shard)
+
+
+def _merge_reports(parts: list[PredictReport], files: list[Path]) -> PredictReport:
+    """One report from every rank's, in input order (stems are unique, see collect_inputs).
+
+    A shared slide that failed on a non-zero rank is listed once, with that rank's own
+    reason rather than rank 0's "rank N could not predict" relay.
+    """
+    order = {f.stem: i for i, f in enumerate(files)}
+
+    def key(p: Path) -> int:
+        return order.get(Path(p).stem, len(order))
+
+    merged = PredictReport()
+    merged.written = sorted({p for r in parts for p in r.written}, key=key)
+    merged.existing = sorted({p for r in parts for p in r.existing}, key=key)
+    failed: dict[Path, str] = {}
+    for r in reversed(parts):
+        for p, why in r.failed:
+            failed.setdefault(p, why)
+    merged.failed = sorted(failed.items(), key=lambda item: key(item[0]))
+    merged.tiles_total = sum(r.tiles_total for r in parts)
+    merged.tiles_skipped = sum(r.tiles_skipped for r in parts)
+    merged.notes = [n for r in parts for n in r.notes]
+    return merged
