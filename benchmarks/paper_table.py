@@ -13,8 +13,8 @@ library API (``stainadapt.engine.trainer.train``, the same call as ``stainadapt 
 and evaluated like ``stainadapt demo`` does: the model the run selected is applied to the
 whole held-out images of the trainer's own validation splits (S: split seed ``seed``,
 T: ``seed + 1``; same seed => same split for every method) with
-``trainer.evaluate_model``. Same seed => every run trained from scratch starts from the
-same G weights.
+``engine.evaluation.evaluate_model``. Same seed => every run trained from scratch starts
+from the same G weights.
 
 The paper's schedule, as the demo runs it: G on S alone for s0 epochs, then the
 discriminators alone for d0 epochs, then ``adv`` alternating epochs. Per seed the
@@ -399,7 +399,7 @@ def target_train_folder(data: Data, seed: int, val_fraction: float) -> Path:
     held-out test images. This folder holds only the training split of ``seed + 1``.
     """
     from stainadapt.data.folders import scan_domain
-    from stainadapt.engine.trainer import split_samples
+    from stainadapt.data.splits import split_samples
 
     folder = data.root / f"masson-train-split{seed + 1}-val{val_fraction:g}"
     if (folder / "DONE").is_file():
@@ -543,7 +543,8 @@ class EvalSets:
 
     def __init__(self, data: Data, seed: int, val_fraction: float) -> None:
         from stainadapt.data.folders import scan_domain
-        from stainadapt.engine.trainer import load_domain_images, split_samples
+        from stainadapt.data.splits import split_samples
+        from stainadapt.engine.evaluation import load_domain_images
 
         s_train, s_val = split_samples(scan_domain(data.S, require_masks=True),
                                        val_fraction, seed)
@@ -559,7 +560,8 @@ def evaluate_run(run: Path, sets: EvalSets, device: str,
                  normalizer: str | None = None) -> dict[str, Any]:
     from stainadapt.data.io import read_image
     from stainadapt.engine.checkpoint import load_model
-    from stainadapt.engine.trainer import evaluate_model, resolve_device
+    from stainadapt.engine.evaluation import evaluate_model
+    from stainadapt.engine.trainer import resolve_device
     from stainadapt.registry import create
 
     dev = resolve_device(device)

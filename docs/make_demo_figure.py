@@ -51,7 +51,8 @@ def _validation_items(demo: Path, results: dict[str, Any]) -> list[tuple[str, An
     """Masson validation images and masks, as the demo scored them."""
     from stainadapt.config import load_toml
     from stainadapt.data.folders import scan_domain
-    from stainadapt.engine.trainer import load_domain_images, split_samples
+    from stainadapt.data.splits import split_samples
+    from stainadapt.engine.evaluation import load_domain_images
 
     config = load_toml(demo / "uda" / "config.toml")
     target = Path(config.get("target") or Path(results["data"]) / "masson")
@@ -63,7 +64,7 @@ def _validation_items(demo: Path, results: dict[str, Any]) -> list[tuple[str, An
 
 def _predict(run: Path, items: list, device: Any) -> list[np.ndarray]:
     from stainadapt.engine.checkpoint import load_model, normalizer_from_meta
-    from stainadapt.engine.trainer import predict_probs
+    from stainadapt.engine.evaluation import predict_probs
 
     model, meta = load_model(run, device=device)
     norm = normalizer_from_meta(meta.get("normalizer"), device=device)

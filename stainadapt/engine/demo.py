@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
+from ..data.splits import split_samples
 from ..errors import InputError
 from .checkpoint import atomic_write_text, load_model
-from .trainer import evaluate_model, load_domain_images, resolve_device, split_samples, train
+from .evaluation import evaluate_model, load_domain_images
+from .trainer import resolve_device, train
 
 __all__ = ["DemoBudget", "FULL", "QUICK", "DemoRow", "run_demo", "quick_requested",
            "SELF_TRAINED"]

@@ -12,9 +12,10 @@ from test_trainer_data import make_domain
 
 from stainadapt.config import TrainConfig
 from stainadapt.data.io import read_image, read_mask
+from stainadapt.engine.evaluation import predict_probs
 from stainadapt.engine.schedule import epoch_phases, self_train_round
 from stainadapt.engine.state import load_state
-from stainadapt.engine.trainer import Trainer, predict_probs, resume, train
+from stainadapt.engine.trainer import Trainer, resume, train
 from stainadapt.errors import InputError
 from stainadapt.models.unet import SegmentationNet
 
