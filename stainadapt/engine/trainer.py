@@ -415,7 +415,7 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, console
     if not (run / CONFIG_FILE).is_file():
         raise InputError(f"{run}: no {CONFIG_FILE}; is this a stainadapt run folder?")
     values = load_toml(run / CONFIG_FILE)
-    # runs written before the field existed trained without it (the default is now 1.0)
+    # a config.toml without the field belongs to a run that trained without it
     values.setdefault("acquisition_jitter", 0.0)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     check_frozen(values, given)

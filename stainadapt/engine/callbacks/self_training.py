@@ -23,12 +23,23 @@ from ..evaluation import predict_probs
 from ..schedule import self_train_round
 from .base import Callback
 
-__all__ = ["SelfTraining", "pseudo_folder"]
+__all__ = ["SelfTraining", "pseudo_folder", "restart_generator"]
 
 
 def pseudo_folder(run_dir: Path, round_: int) -> Path:
     """Where round ``round_``'s pseudo-labels are (one PNG per target training image)."""
     return run_dir / "pseudo" / f"round-{round_}"
+
+
+def restart_generator(t: Any) -> None:
+    """G from its averaged weights, a fresh Adam (current lr) and a fresh average."""
+    if t.ema is not None:
+        t.model.load_state_dict(t.ema.module.state_dict())
+        t.ema = fresh_ema(t.model, t.cfg.ema)
+    lr = float(t.opt_g.param_groups[0]["lr"])  # keeps a rollback's lowering
+    t.opt_g, t.fused = make_adam(list(t.model.parameters()), lr,
+                                 (t.cfg.beta1, t.cfg.beta2), t.device)
+    t.skips.clear()
 
 
 class SelfTraining(Callback):
@@ -61,7 +72,7 @@ class SelfTraining(Callback):
         if first:
             summary = self._write_labels(t, folder, round_) if t.main else None
             distributed.barrier()  # the labels are on disk before any rank reads them
-            self._restart_generator(t)
+            restart_generator(t)
         t.pseudo = [replace(s, mask=folder / f"{s.name}.png") for s in t.domains.tgt_train]
         missing = [s.mask for s in t.pseudo if not s.mask.is_file()]
         if missing:
@@ -94,14 +105,3 @@ class SelfTraining(Callback):
         model.train(was_training)
         return {"round": round_, "images": len(samples), "folder": str(folder),
                 "foreground": round(foreground / max(len(samples), 1), 4)}
-
-    @staticmethod
-    def _restart_generator(t: Any) -> None:
-        """G from its averaged weights, a fresh Adam (current lr) and a fresh average."""
-        if t.ema is not None:
-            t.model.load_state_dict(t.ema.module.state_dict())
-            t.ema = fresh_ema(t.model, t.cfg.ema)
-        lr = float(t.opt_g.param_groups[0]["lr"])  # keeps a rollback's lowering
-        t.opt_g, t.fused = make_adam(list(t.model.parameters()), lr,
-                                     (t.cfg.beta1, t.cfg.beta2), t.device)
-        t.skips.clear()
