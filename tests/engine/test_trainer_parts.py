@@ -126,10 +126,10 @@ def test_resume_refuses_a_schedule_change_in_one_line(half_run, overrides, field
 def test_resume_may_grow_the_epoch_counts(tmp_path, domains):
     out = tmp_path / "run"
     train(_cfg(out, domains, mode="source-only", discs=[]), max_epochs=1)
-    result = resume(out, {"adv_epochs": 2, "select": None})
-    assert result.epochs == 4 and load_state(out / "state.pt")["epoch"] == 4
+    result = resume(out, {"adv_epochs": 2, "select": None})  # None: not given
+    assert result.epochs == 3 and load_state(out / "state.pt")["epoch"] == 3
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in rows] == ["seg"] * 4
+    assert [r["phase"] for r in rows] == ["seg"] * 3
 
 
 def test_resume_rules_for_rounds_and_trained_phases():
@@ -143,8 +143,10 @@ def test_resume_rules_for_rounds_and_trained_phases():
     with pytest.raises(InputError, match="change epoch 3, already trained"):
         check_resume(old, TrainConfig(**{**base, "pretrain_epochs": 3}), epoch=4)
     check_resume(old, TrainConfig(**{**base, "pretrain_epochs": 3}), epoch=2)  # still in seg
-    with pytest.raises(InputError, match="already trained"):  # rounds would regroup
-        check_resume(old, TrainConfig(**{**base, "self_train_epochs": 3}), epoch=7)
+    longer_rounds = TrainConfig(**{**base, "self_train_epochs": 3})
+    check_resume(old, longer_rounds, epoch=7)  # inside round 1: it may grow
+    with pytest.raises(InputError, match="already trained"):  # round 2 began: regrouped
+        check_resume(old, longer_rounds, epoch=8)
 
 
 # ---------------------------------------------------------------- a step from outside
