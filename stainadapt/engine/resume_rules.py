@@ -15,7 +15,8 @@ from ..config import TrainConfig
 from ..errors import InputError
 from .schedule import epoch_phases, self_train_round
 
-__all__ = ["FROZEN_ON_RESUME", "GROWABLE_ON_RESUME", "FIXED_ON_RESUME", "check_resume"]
+__all__ = ["FROZEN_ON_RESUME", "GROWABLE_ON_RESUME", "FIXED_ON_RESUME", "check_frozen",
+           "check_resume"]
 
 #: Fields that define the networks and the data.
 FROZEN_ON_RESUME = ("mode", "discs", "backbone", "image_size", "source", "target", "normalize")
