@@ -1,7 +1,7 @@
 """Cost of the trainer's steps: segmentation, uda (per discriminator set) and sda.
 
 Run: ``python -m pytest benchmarks/bench_train.py`` (pytest-benchmark prints the timing
-table). Each case times the engine's own step (``Trainer._step``: G forward on S and T,
+table). Each case times the engine's own step (``Trainer.step``: G forward on S and T,
 the discriminators, G's backward and Adam, every discriminator's backward and Adam) on
 fixed batches, batch 4 per domain, 256 px, resnet34, augmentation off so only the
 networks are measured. ``STAINADAPT_BENCH_SIZE``, ``STAINADAPT_BENCH_BATCH`` and
@@ -73,7 +73,7 @@ def build(case: str, domains, out: Path):
     acc = {"skipped": torch.zeros(())}
 
     def step() -> None:
-        trainer._step(phase, src, tgt if mode != "source-only" else None, acc)
+        trainer.step(phase, src, tgt if mode != "source-only" else None, acc)
 
     return step
 

@@ -208,7 +208,8 @@ def evaluate_run(run: Path, cfg: Any, data: Data, device: str,
     from stainadapt.data.folders import scan_domain
     from stainadapt.data.io import read_image
     from stainadapt.data.splits import held_out, run_splits
-    from stainadapt.engine.trainer import evaluate_model, load_domain_images, resolve_device
+    from stainadapt.engine.trainer import resolve_device
+    from stainadapt.inference import evaluate_model, load_domain_images
     from stainadapt.registry import create
     from stainadapt.runs import load_model
 

@@ -52,7 +52,7 @@ def _validation_items(demo: Path, results: dict[str, Any]) -> list[tuple[str, An
     from stainadapt.config import TrainConfig, load_toml
     from stainadapt.data.folders import scan_domain
     from stainadapt.data.splits import held_out
-    from stainadapt.engine.trainer import load_domain_images
+    from stainadapt.inference import load_domain_images
 
     config = TrainConfig(**load_toml(demo / "uda" / "config.toml"))
     target = Path(config.target or Path(results["data"]) / "masson")
@@ -61,7 +61,7 @@ def _validation_items(demo: Path, results: dict[str, Any]) -> list[tuple[str, An
 
 
 def _predict(run: Path, items: list, device: Any) -> list[np.ndarray]:
-    from stainadapt.engine.trainer import predict_probs
+    from stainadapt.inference import predict_probs
     from stainadapt.runs import load_model, normalizer_from_meta
 
     model, meta = load_model(run, device=device)

@@ -41,9 +41,10 @@ from typing import Any
 from ..atomic import atomic_write_text
 from ..data.splits import held_out, run_splits
 from ..errors import InputError
+from ..inference.evaluate import evaluate_model, load_domain_images
 from ..recipes import DEMO, DEMO_QUICK, Recipe
 from ..runs import load_model
-from .trainer import evaluate_model, load_domain_images, resolve_device, train
+from .trainer import resolve_device, train
 
 __all__ = ["DemoRow", "run_demo", "quick_requested", "results_table", "SELF_TRAINED"]
 

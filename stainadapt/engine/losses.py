@@ -21,18 +21,11 @@ Both have the sign of ``-L_D`` (G is rewarded where D is wrong);
 ``tests/engine/test_trainer_adversarial.py`` checks the sign for both: with alpha > 0,
 the discriminators' accuracy on G's features falls compared with alpha = 0.
 
-History of the default (benchmarks/RESULTS.md; synthetic PASM -> Masson, resnet18, 96
-px, one seed). Session 2 made ``minimax`` the default because, with S and T normalised
-as one mixed BatchNorm batch, label flipping let G collapse to calling nearly every
-Masson pixel glomerulus (predicted foreground 0.99 vs 0.08 true), while minimax stayed
-with the no-adversary control (0.29 vs 0.27 Masson Dice). Session 3 removed the cause:
-G now normalises S and T as separate BatchNorm batches
-(``TrainConfig.domain_batchnorm``), and no flip run has collapsed since. Adapting a
-converged source G (12 adversarial epochs, one seed), flip at the paper's weights gave
-0.359 (mean of the last four epochs) against minimax's 0.347 and the alpha = 0
-control's 0.358, and flip with weights 0.1 gave 0.386: the non-saturating form is the
-one whose discriminators change anything, so it is the default again. The margins are
-small; run both (``--adv-loss``) on your data.
+Label flipping is the default: with S and T normalised as separate BatchNorm batches
+(``TrainConfig.domain_batchnorm``) G does not collapse under it, and it is the form whose
+discriminators change G at all; minimax's gradient is too weak while the discriminators
+win. The margins between the two are small on the synthetic stains: run both
+(``--adv-loss``) on your data.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def test_ranks_draw_disjoint_shares_of_an_epoch(domains, tmp_path, monkeypatch):
     for rank in (0, 1):
         _as_rank(monkeypatch, rank, 2)
         tr = Trainer(cfg)  # wrap() stays a no-op: no process group is open
-        batches = list(tr._loader(tr.src_train, True, 0, 0))
+        batches = list(tr.batches(tr.domains.src_train, True, 0, 0))
         assert len(batches) == cfg.steps_per_epoch
         assert all(b["image"].shape[0] == cfg.batch_size for b in batches)
         crops[rank] = torch.cat([b["image"] for b in batches])
@@ -118,4 +118,4 @@ def test_ranks_draw_disjoint_shares_of_an_epoch(domains, tmp_path, monkeypatch):
     monkeypatch.undo()
     single = Trainer(cfg)
     assert single.world == 1
-    assert len(single._datasets) == 0 and single.steps == 2
+    assert len(single.batches._datasets) == 0 and single.steps == 2

@@ -11,9 +11,11 @@ import torch
 
 from stainadapt.config import TrainConfig
 from stainadapt.data.io import read_image, read_mask
+from stainadapt.engine.callbacks.self_training import restart_generator
 from stainadapt.engine.state import load_state
-from stainadapt.engine.trainer import Trainer, predict_probs, resume, train
+from stainadapt.engine.trainer import Trainer, resume, train
 from stainadapt.errors import InputError
+from stainadapt.inference import predict_probs
 from stainadapt.models.unet import SegmentationNet
 from stainadapt.schedule import epoch_phases, self_train_round
 from stainadapt.testing import make_domain
@@ -105,13 +107,13 @@ def test_round_start_restarts_g_from_the_average_with_a_fresh_adam(tmp_path, dom
     average = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
     assert any(not torch.equal(v, average[k]) for k, v in trainer.model.state_dict().items()
                if v.is_floating_point())
-    trainer._restart_generator()
+    restart_generator(trainer)
     assert not trainer.opt_g.state
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, average[key]), key
     trainer.fit()
     assert trainer.pseudo and all("round-1" in str(s.mask) for s in trainer.pseudo)
-    assert any(key[2] == 1 for key in trainer._datasets)  # the round's labelled stream
+    assert any(key[2] == 1 for key in trainer.batches._datasets)  # the round's labelled stream
 
 
 def test_resume_inside_a_round_equals_uninterrupted(tmp_path, domains):

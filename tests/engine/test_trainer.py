@@ -10,6 +10,7 @@ import torch
 
 from stainadapt.config import TrainConfig
 from stainadapt.engine.state import load_state
+from stainadapt.engine.steps import opt_step
 from stainadapt.engine.trainer import Trainer, resume, train
 from stainadapt.errors import InputError, PluginError
 from stainadapt.runs import load_model
@@ -129,9 +130,9 @@ def test_ema_model_is_validated_and_saved(tmp_path, domains):
     saved = load_file(str(tmp_path / "run" / "model.safetensors"))
     weights = [k for k in state["model"] if k.endswith("weight") and "bn" not in k]
     assert any(not torch.equal(state["model"][k], state["ema"][k]) for k in weights)
+    assert set(saved) == set(state["ema"])
     for key, value in state["ema"].items():
-        if key in saved:
-            assert torch.equal(saved[key], value), key
+        assert torch.equal(saved[key], value), key
     with pytest.raises(InputError, match="ema"):
         TrainConfig(source="s", mode="source-only", ema=1.0).validate()
 
@@ -139,16 +140,16 @@ def test_ema_model_is_validated_and_saved(tmp_path, domains):
 def test_interrupt_keeps_last_epoch_boundary(tmp_path, domains, monkeypatch):
     cfg = _cfg(tmp_path, domains, mode="uda", discs=["single:layer=f4"], samples=0)
     trainer = Trainer(cfg)
-    real_epoch = trainer._epoch
+    real_epoch = trainer.run_epoch
     calls = []
 
-    def flaky(epoch, phase, progress, task):
+    def flaky(epoch, phase):
         calls.append(epoch)
         if epoch == 1:
             raise KeyboardInterrupt
-        return real_epoch(epoch, phase, progress, task)
+        return real_epoch(epoch, phase)
 
-    monkeypatch.setattr(trainer, "_epoch", flaky)
+    monkeypatch.setattr(trainer, "run_epoch", flaky)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert load_state(tmp_path / "run" / "state.pt")["epoch"] == 1
@@ -183,7 +184,7 @@ def test_non_finite_loss_skips_the_step(tmp_path, domains):
     acc = {"skipped": torch.zeros(())}
     trainer.opt_g.zero_grad()
     loss.backward()
-    trainer._opt_step(trainer.opt_g, loss, acc)
+    opt_step(trainer, trainer.opt_g, loss, acc)
     assert acc["skipped"].item() == 1
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, before[key]), key

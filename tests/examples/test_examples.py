@@ -52,6 +52,14 @@ def test_python_api(tmp_path):
     assert (tmp_path / "work" / "run" / "model.json").is_file()
 
 
+def test_gradient_reversal_step(tmp_path):
+    script = EXAMPLES / "gradient_reversal.py"
+    out = _run([sys.executable, str(script), str(tmp_path / "work")], tmp_path).stdout
+    assert "with gradient reversal" in out, out
+    rows = (tmp_path / "work" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 4 and '"adv_' not in rows[-1]  # the adv epochs ran the GRL step
+
+
 def test_custom_discriminator_unpackaged(tmp_path):
     script = EXAMPLES / "custom_discriminator" / "train_with_it.py"
     out = _run([sys.executable, str(script), str(tmp_path / "work")], tmp_path).stdout

@@ -1,6 +1,6 @@
 """Divergence: non-finite losses are skipped, K in a row roll back with lower rates.
 
-NaN is injected by wrapping the trainer's ``seg_loss`` (or by poisoning a weight after a
+NaN is injected by wrapping the steps' ``seg_loss`` (or by poisoning a weight after a
 step), so the tests drive the real training loop on a tiny run.
 """
 
@@ -16,7 +16,7 @@ from conftest import TINY
 from rich.console import Console
 from typer.testing import CliRunner
 
-import stainadapt.engine.trainer as trainer_mod
+import stainadapt.engine.steps as steps_mod
 from stainadapt.cli.app import app
 from stainadapt.config import TrainConfig
 from stainadapt.engine.state import load_state
@@ -36,7 +36,7 @@ def _cfg(tmp_path: Path, domains, **kw) -> TrainConfig:
 
 def _nan_on(monkeypatch, calls: set[int] | None = None, start: int | None = None) -> list[int]:
     """Make ``seg_loss`` return NaN on the given 1-based calls (or every call from ``start``)."""
-    real = trainer_mod.seg_loss
+    real = steps_mod.seg_loss
     seen: list[int] = []
 
     def fake(*args, **kwargs):
@@ -47,7 +47,7 @@ def _nan_on(monkeypatch, calls: set[int] | None = None, start: int | None = None
             return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(trainer_mod, "seg_loss", fake)
+    monkeypatch.setattr(steps_mod, "seg_loss", fake)
     return seen
 
 
@@ -121,7 +121,7 @@ def test_gives_up_after_max_rollbacks_exit_1(tmp_path, tiny_domains, monkeypatch
 def test_non_finite_weights_roll_back_and_are_never_written(tmp_path, tiny_domains,
                                                             monkeypatch):
     trainer = Trainer(_cfg(tmp_path, tiny_domains, adv_epochs=1))
-    real_step = trainer._step
+    real_step = trainer.step
     calls: list[int] = []
 
     def poisoned(*args, **kwargs):
@@ -131,7 +131,7 @@ def test_non_finite_weights_roll_back_and_are_never_written(tmp_path, tiny_domai
             with torch.no_grad():
                 next(trainer.model.parameters()).fill_(float("inf"))
 
-    monkeypatch.setattr(trainer, "_step", poisoned)
+    monkeypatch.setattr(trainer, "step", poisoned)
     result = trainer.fit()
     rows = _rows(tmp_path / "run")
     assert [r.get("event", r.get("phase")) for r in rows] == ["seg", "rollback", "seg"]
@@ -143,14 +143,14 @@ def test_non_finite_weights_roll_back_and_are_never_written(tmp_path, tiny_domai
 def test_rollback_off_refuses_to_continue_with_nan_weights(tmp_path, tiny_domains,
                                                             monkeypatch):
     trainer = Trainer(_cfg(tmp_path, tiny_domains, divergence_steps=0))
-    real_step = trainer._step
+    real_step = trainer.step
 
     def poisoned(*args, **kwargs):
         real_step(*args, **kwargs)
         with torch.no_grad():
             next(trainer.model.parameters()).fill_(float("nan"))
 
-    monkeypatch.setattr(trainer, "_step", poisoned)
+    monkeypatch.setattr(trainer, "step", poisoned)
     with pytest.raises(RunFailure, match="rollback is off"):
         trainer.fit()
     state = _finite_state(tmp_path / "run")

@@ -1,0 +1,167 @@
+"""The networks and optimisers of a run: G, the discriminators, the normaliser, Adam.
+
+:func:`build_networks` seeds the RNGs with the run's seed before G and the
+discriminators are created, so two runs with the same seed start from the same weights.
+Each discriminator gets an Adam of its own over its own parameters, so one
+discriminator's step never moves another's weights.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..errors import InputError
+
+__all__ = ["Networks", "build_networks", "make_adam", "fresh_ema",
+           "build_augment", "seed_everything", "unique_names", "init_from_run"]
+
+
+def seed_everything(value: int) -> None:
+    """Seed Python's, numpy's and torch's global RNGs with one value."""
+    random.seed(value)
+    np.random.seed(value % (2**32))
+    torch.manual_seed(value)
+
+
+def make_adam(params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float],
+              device: torch.device) -> tuple[torch.optim.Adam, bool]:
+    """Fused Adam when the device supports it (skip-on-non-finite without a host sync).
+
+    Returns the optimiser and whether it is fused: a fused Adam skips a whole update
+    through its ``found_inf`` input, a plain one needs the host to decide.
+    """
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True), True
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, betas=betas), False
+
+
+def fresh_ema(model: torch.nn.Module, decay: float) -> Any:
+    """A new moving average of ``model``'s current weights (``None`` when ``decay`` is 0).
+
+    timm's ModelEmaV3 averages weights and BatchNorm statistics. Short adversarial runs
+    swing from epoch to epoch; the average is what is validated, selected and saved, so
+    one lucky or unlucky snapshot does not decide a run.
+    """
+    if decay <= 0:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay)
+
+
+def build_augment(cfg: TrainConfig, device: torch.device) -> Any:
+    """Augment (with the stain jitter folded in) or StainJitter alone, on the device."""
+    from ..data.augment import Augment, StainJitter
+
+    if cfg.augment:
+        return Augment(stain_jitter=cfg.stain_jitter,
+                       acquisition=cfg.acquisition_jitter).to(device)
+    if cfg.stain_jitter > 0:
+        return StainJitter(cfg.stain_jitter).to(device)
+    return None
+
+
+def unique_names(specs: list[str]) -> list[str]:
+    """Metric names of the discriminators: the plugin name, numbered when repeated."""
+    names: list[str] = []
+    for spec in specs:
+        base = spec.partition(":")[0].strip()
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}{k}", k + 1
+        names.append(name)
+    return names
+
+
+def init_from_run(model: torch.nn.Module, run: str, backbone: str) -> None:
+    """Load G's starting weights from a run folder (``--init``), refusing a mismatch.
+
+    The paper's schedule trains G on the source before any discriminator; a finished
+    source-only run *is* that G, so adapting it skips the pretraining (the demo and the
+    paper table share one source-only G between methods).
+    """
+    from ..runs import read_meta, read_weights
+
+    meta = read_meta(run)
+    if meta["backbone"] != backbone:
+        raise InputError(f"{run}: --init has backbone {meta['backbone']!r}, this run "
+                         f"{backbone!r}; give --backbone {meta['backbone']}")
+    try:  # straight into this run's network: no second network is built
+        model.load_state_dict(read_weights(run), strict=True)
+    except RuntimeError:
+        raise InputError(f"{run}: --init weights do not fit this network "
+                         "(different decoder channels?)") from None
+
+
+@dataclass
+class Networks:
+    """G, the discriminators (in ``cfg.discs`` order, with their metric names), the
+    normaliser fitted to the reference image (or None), and the optimisers."""
+
+    model: torch.nn.Module
+    discs: list[Any]
+    disc_names: list[str]
+    normalizer: Any
+    opt_g: torch.optim.Adam
+    fused: bool
+    opt_d: list[torch.optim.Adam]
+
+
+def build_networks(cfg: TrainConfig, device: torch.device, world: int,
+                   resuming: bool) -> Networks:
+    """Seed, create G and the discriminators on ``device``, fit the normaliser, make Adam.
+
+    ``--init`` is skipped when ``resuming``: the state then holds G's weights.
+    Under torchrun with ``sync_bn`` BatchNorm becomes SyncBatchNorm (CUDA only).
+    """
+    from ..models.unet import SegmentationNet
+    from ..registry import create
+
+    seed_everything(cfg.seed)
+    model = SegmentationNet(backbone=cfg.backbone, pretrained=cfg.pretrained)
+    if cfg.init and not resuming:
+        init_from_run(model, cfg.init, cfg.backbone)
+    discs = [create("discriminators", spec, model.feature_table) for spec in cfg.discs]
+    normalizer = None
+    if cfg.normalize:
+        from ..data.io import read_image
+
+        norm = create("normalizers", cfg.normalize)
+        norm.fit(read_image(cfg.reference))
+        normalizer = norm.to(device) if hasattr(norm, "to") else norm
+
+    model.to(device)
+    for d in discs:
+        d.to(device)
+    if device.type == "cuda":  # channels_last
+        model.to(memory_format=torch.channels_last)
+        for d in discs:
+            d.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and world > 1:
+        model, discs = _sync_batchnorm(model, discs, device)
+    betas = (cfg.beta1, cfg.beta2)
+    opt_g, fused = make_adam(list(model.parameters()), cfg.lr, betas, device)
+    opt_d = [make_adam(list(d.parameters()), cfg.disc_lr, betas, device)[0] for d in discs]
+    return Networks(model, discs, unique_names(cfg.discs), normalizer, opt_g, fused, opt_d)
+
+
+def _sync_batchnorm(model: torch.nn.Module, discs: list[Any],
+                    device: torch.device) -> tuple[torch.nn.Module, list[Any]]:
+    """BatchNorm -> SyncBatchNorm in G and the discriminators (``--sync-bn``).
+
+    Batch statistics then come from the global batch (N x batch_size), which matters
+    when the per-rank batch is small. The state dict keys do not change, so runs
+    stay loadable by a plain model. SyncBatchNorm has CUDA kernels only.
+    """
+    if device.type != "cuda":
+        raise InputError("--sync-bn needs CUDA devices (SyncBatchNorm has no CPU kernel); "
+                         "drop --sync-bn for a CPU run")
+    convert = torch.nn.SyncBatchNorm.convert_sync_batchnorm
+    return convert(model), [convert(d) for d in discs]
