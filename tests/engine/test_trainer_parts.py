@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from rich.console import Console
-from test_trainer_data import make_domain
+from stainadapt.testing import make_domain
 
 from stainadapt.config import TrainConfig
 from stainadapt.engine.callbacks import ProgressBars
