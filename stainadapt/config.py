@@ -25,6 +25,8 @@ __all__ = [
     "MODES",
     "SELECTS",
     "AMPS",
+    "LR_SCHEDULES",
+    "AUGMENT_PROFILES",
     "TrainConfig",
     "load_toml",
     "dumps_toml",
@@ -34,6 +36,8 @@ __all__ = [
 MODES = ("source-only", "sda", "uda")
 SELECTS = ("last", "source", "target")
 AMPS = ("auto", "bf16", "off")
+LR_SCHEDULES = ("constant", "cosine", "poly")  # engine/lr_schedule.py
+AUGMENT_PROFILES = ("light", "strong")  # data/augment.py
 ADV_LOSSES = ("minimax", "flip")  # G's adversarial term, see engine/losses.py
 
 
@@ -41,6 +45,9 @@ ADV_LOSSES = ("minimax", "flip")  # G's adversarial term, see engine/losses.py
 class TrainConfig:
     """Every knob of a training run (names match the CLI flags with ``-`` -> ``_``)."""
 
+    # the named recipe the other fields started from (stainadapt.recipes.TRAINING); the
+    # dataclass defaults are the "paper" recipe
+    recipe: str = "paper"
     source: str = ""
     target: str | None = None
     out: str = "runs/run"
@@ -56,12 +63,21 @@ class TrainConfig:
     disc_epochs: int = 10
     adv_epochs: int = 100
     steps_per_epoch: int = 0  # 0: len(source train) // batch_size
+    # s0 as a number of G steps (with steps_per_epoch > 0): pretrain_epochs becomes
+    # steps / steps_per_epoch; 0: pretrain_epochs as given
+    steps: int = 0
     batch_size: int = 4
     lr: float = 1e-3
     disc_lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.999
     dice_weight: float = 0.0  # L_seg = BCE + dice_weight * soft Dice loss
+    # G's learning rate over the run's G steps (engine/lr_schedule.py): "constant", or a
+    # "cosine"/"poly" decay to 0 at the last step, after warmup_steps of linear ramp-up
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    # the encoder's learning rate as a fraction of lr (its own parameter group)
+    encoder_lr_scale: float = 1.0
     # G's adversarial term (engine/losses.py): "flip" = alpha * BCE(D, flipped label), the
     # non-saturating form (default); "minimax" = -alpha * BCE(D, true label), the
     # paper's Eq. 4 as written, whose gradient fades where D is right
@@ -90,7 +106,15 @@ class TrainConfig:
     # under torchrun: BatchNorm statistics over all ranks' batches (CUDA only)
     sync_bn: bool = False
     select: str | None = None  # None: target in sda, last in uda, source in source-only
+    # source/target selection on an exponential moving average of the validation Dice
+    # over epochs (this weight on the past; 0: each epoch's own Dice)
+    select_smoothing: float = 0.0
     augment: bool = True
+    # "light": flips, 90-degree turns, +-15 degrees, scale 0.9-1.1; "strong" adds any
+    # rotation, scale 0.7-1.4, gamma and elastic deformation (data/augment.py)
+    augment_profile: str = "light"
+    # share of labelled crops centred on a glomerulus (data/sampling.py); 0: uniform
+    foreground_share: float = 0.0
     stain_jitter: float = 0.0
     # blur, noise and lower contrast per image (data/augment.py acquisition_jitter), so
     # the domains cannot be told apart by their scanner alone; with ``augment`` only.
@@ -122,6 +146,27 @@ class TrainConfig:
         if self.adv_loss not in ADV_LOSSES:
             raise InputError(
                 f"adv_loss {self.adv_loss!r} is not one of {', '.join(ADV_LOSSES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"lr_schedule {self.lr_schedule!r} is not one of "
+                             f"{', '.join(LR_SCHEDULES)}")
+        if self.augment_profile not in AUGMENT_PROFILES:
+            raise InputError(f"augment_profile {self.augment_profile!r} is not one of "
+                             f"{', '.join(AUGMENT_PROFILES)}")
+        if not 0.0 <= self.select_smoothing < 1.0:
+            raise InputError(f"select_smoothing must be in [0, 1), got {self.select_smoothing}")
+        if not 0.0 <= self.foreground_share <= 1.0:
+            raise InputError(f"foreground_share must be in [0, 1], got {self.foreground_share}")
+        if not (math.isfinite(self.encoder_lr_scale) and self.encoder_lr_scale > 0):
+            raise InputError(f"encoder_lr_scale must be a positive number, "
+                             f"got {self.encoder_lr_scale}")
+        if self.steps:
+            if self.steps_per_epoch <= 0:
+                raise InputError("steps needs steps_per_epoch > 0 (e.g. --steps 600 "
+                                 "--steps-per-epoch 10)")
+            if self.steps % self.steps_per_epoch:
+                raise InputError(f"steps {self.steps} must be a multiple of steps_per_epoch "
+                                 f"{self.steps_per_epoch}")
+            self.pretrain_epochs = self.steps // self.steps_per_epoch
         if self.amp not in AMPS:
             raise InputError(f"amp {self.amp!r} is not one of {', '.join(AMPS)}")
         if self.mode == "source-only" and self.discs:
@@ -141,7 +186,8 @@ class TrainConfig:
         if self.image_size <= 0 or self.image_size % 32:
             raise InputError(f"image_size {self.image_size} must be a positive multiple of 32")
         for name in ("pretrain_epochs", "disc_epochs", "adv_epochs", "steps_per_epoch",
-                     "workers", "samples", "self_train_rounds", "self_train_epochs"):
+                     "workers", "samples", "self_train_rounds", "self_train_epochs", "steps",
+                     "warmup_steps"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1:
@@ -249,14 +295,27 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(
-    config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+    config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """File values, then flags (``None`` flags are "not given"); validated."""
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        values.update(load_toml(config_file))
+    """``defaults`` (a recipe's fields), then file values, then flags; validated.
+
+    ``None`` flags are "not given". ``steps`` and ``pretrain_epochs`` say the same thing
+    twice: one layer may give both only if they agree (a run's own config.toml does).
+    """
+    values: dict[str, Any] = dict(_check_keys(defaults or {}, "recipe"))
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    values.update(_check_keys(given, "command line"))
+    for where, layer in ((str(config_file), load_toml(config_file) if config_file else {}),
+                         ("command line", _check_keys(given, "command line"))):
+        if layer.get("steps") and "pretrain_epochs" in layer:
+            per_epoch = layer.get("steps_per_epoch", values.get("steps_per_epoch", 0))
+            if layer["pretrain_epochs"] * per_epoch != layer["steps"]:
+                raise InputError(f"{where}: steps {layer['steps']} and pretrain_epochs "
+                                 f"{layer['pretrain_epochs']} disagree (steps = "
+                                 "pretrain_epochs x steps_per_epoch); give one of them")
+        if "pretrain_epochs" in layer:  # epochs given here replace a recipe's steps
+            values["steps"] = 0
+        values.update(layer)
     return TrainConfig(**values).validate()
 
 

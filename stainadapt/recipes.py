@@ -14,16 +14,25 @@ builds its configs the same way.
 * ``PAPER_TINY``: the table's tests (seconds per run).
 
 ``get(name)`` looks one up by name; ``RECIPES`` holds them all.
+
+Training recipes (:data:`TRAINING`) are what ``stainadapt train --recipe NAME`` starts
+from before a config file and flags: ``paper`` is ``TrainConfig``'s own defaults (the
+paper's schedule, Adam at a constant 1e-3, BCE, uniform crops, light augmentation);
+``real`` is the small-data recipe for tens of real tiles (:data:`DEFAULT_TRAINING`).
+:func:`training_config` resolves one, as the command line does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
+from .config import TrainConfig, load_toml, resolve_config
+from .errors import InputError
 
-__all__ = ["Recipe", "RECIPES", "DEMO", "DEMO_QUICK", "PAPER_QUICK", "PAPER_FULL",
+__all__ = ["TRAINING", "DEFAULT_TRAINING", "training_fields", "training_config",
+           "Recipe", "RECIPES", "DEMO", "DEMO_QUICK", "PAPER_QUICK", "PAPER_FULL",
            "PAPER_TINY", "get", "MIRRORED", "SHAPE"]
 
 #: Discriminator spec templates, formatted with a recipe's fields (``alpha_*``).
@@ -141,3 +150,41 @@ def get(name: str) -> Recipe:
         return RECIPES[name]
     except KeyError:
         raise KeyError(f"no recipe {name!r}; known: {', '.join(RECIPES)}") from None
+
+
+#: Training recipes: ``TrainConfig`` fields a run starts from. Figures behind ``real``:
+#: benchmarks/RESULTS.md, "Real tissue"; what was tried: docs/experiments.md.
+TRAINING: dict[str, dict[str, Any]] = {
+    "paper": {"recipe": "paper"},
+    "real": {
+        "recipe": "real",
+        "dice_weight": 1.0,  # Dice + BCE: glomeruli are 0-15 % of a tile
+        "lr_schedule": "cosine",
+        "warmup_steps": 30,
+        "foreground_share": 0.5,
+        "augment_profile": "strong",
+    },
+}
+DEFAULT_TRAINING = "real"
+
+
+def training_fields(name: str) -> dict[str, Any]:
+    """The fields of training recipe ``name`` (an :class:`InputError` lists the known ones)."""
+    if name not in TRAINING:
+        raise InputError(f"unknown recipe {name!r}; known: {', '.join(TRAINING)}")
+    return dict(TRAINING[name])
+
+
+def training_config(recipe: str | None = None, config_file: str | Path | None = None,
+                    overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A validated ``TrainConfig``: recipe fields, then the config file, then ``overrides``.
+
+    The recipe is ``recipe``, else the file's ``recipe`` key, else :data:`DEFAULT_TRAINING`.
+    ``overrides`` are flag values, ``None`` meaning "not given" (as ``stainadapt train``).
+    """
+    name = recipe
+    if name is None and config_file is not None:
+        name = load_toml(config_file).get("recipe")
+    name = name or DEFAULT_TRAINING
+    flags = {**(overrides or {}), "recipe": name}
+    return resolve_config(config_file, flags, defaults=training_fields(name))

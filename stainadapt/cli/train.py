@@ -52,6 +52,13 @@ def train(
         rich_help_panel=_SCHED)] = None,
     self_train_epochs: Annotated[int | None, typer.Option(
         help="Epochs per self-training round (12).", rich_help_panel=_SCHED)] = None,
+    recipe: Annotated[str | None, typer.Option(
+        help="Named recipe the other settings start from: real (small real data sets: "
+        "Dice + BCE, warm-up + cosine lr, glomerulus-centred crops, strong augmentation) "
+        "or paper (the paper's plain recipe). A config file and flags override it.")] = None,
+    steps: Annotated[int | None, typer.Option(
+        help="G-alone optimiser steps (s0) as one number: pretrain epochs = steps / "
+        "steps per epoch.", rich_help_panel=_SCHED)] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(
         help="Optimiser steps per epoch (0: source train images / (batch size x processes)).",
         rich_help_panel=_SCHED)] = None,
@@ -64,6 +71,15 @@ def train(
         help="Each discriminator's Adam learning rate.", rich_help_panel=_OPT)] = None,
     dice_weight: Annotated[float | None, typer.Option(
         help="Add this times a soft Dice loss to L_seg.", rich_help_panel=_OPT)] = None,
+    lr_schedule: Annotated[str | None, typer.Option(
+        help="G's learning rate over the run: constant, cosine or poly (decay to 0).",
+        rich_help_panel=_OPT)] = None,
+    warmup_steps: Annotated[int | None, typer.Option(
+        help="Linear learning-rate warm-up over this many G steps.",
+        rich_help_panel=_OPT)] = None,
+    encoder_lr_scale: Annotated[float | None, typer.Option(
+        help="The encoder's learning rate as a fraction of --lr (its own parameter "
+        "group; e.g. 0.1 for a pretrained encoder).", rich_help_panel=_OPT)] = None,
     image_size: Annotated[int | None, typer.Option(
         help="Crop side in pixels (multiple of 32).", rich_help_panel=_DATA)] = None,
     val_fraction: Annotated[float | None, typer.Option(
@@ -82,6 +98,9 @@ def train(
         help="Model selection: last, source or target (default: target in sda, last in "
         "uda or with self-training, source in source-only; target in uda is an "
         "oracle).")] = None,
+    select_smoothing: Annotated[float | None, typer.Option(
+        help="Select on a moving average of the validation Dice over epochs (weight of "
+        "the past, 0-1; 0: each epoch's own).")] = None,
     augment: Annotated[bool | None, typer.Option(
         "--augment/--no-augment", help="Geometric/photometric augmentation.",
         rich_help_panel=_DATA)] = None,
@@ -92,6 +111,12 @@ def train(
         help="Decay of a moving average of G's weights used for validation, selection and "
         "the saved model (0: off; 0.95 for short runs, 0.999 for long ones).",
         rich_help_panel=_OPT)] = None,
+    augment_profile: Annotated[str | None, typer.Option(
+        help="light (flips, turns, small affine) or strong (any rotation, scale "
+        "0.7-1.4, elastic, gamma).", rich_help_panel=_DATA)] = None,
+    foreground_share: Annotated[float | None, typer.Option(
+        help="Share of labelled crops centred on a glomerulus (0: uniform crops).",
+        rich_help_panel=_DATA)] = None,
     stain_jitter: Annotated[float | None, typer.Option(
         help="Stain jitter strength in OD space (0: off).", rich_help_panel=_DATA)] = None,
     acquisition_jitter: Annotated[float | None, typer.Option(
@@ -112,17 +137,20 @@ def train(
     stainadapt train ...); rank 0 writes the run folder.
     """
     from .. import distributed
-    from ..config import resolve_config
     from ..engine import trainer
+    from ..recipes import training_config
 
     flags = {
         "source": source, "target": target, "mode": mode, "discs": disc or None,
         "backbone": backbone, "pretrained": pretrained, "init": init, "out": out,
         "pretrain_epochs": pretrain_epochs, "disc_epochs": disc_epochs,
-        "adv_epochs": adv_epochs, "steps_per_epoch": steps_per_epoch,
+        "adv_epochs": adv_epochs, "steps_per_epoch": steps_per_epoch, "steps": steps,
         "self_train_rounds": self_train_rounds, "self_train_epochs": self_train_epochs,
         "batch_size": batch_size, "lr": lr, "disc_lr": disc_lr, "dice_weight": dice_weight,
-        "ema": ema, "adv_loss": adv_loss,
+        "ema": ema, "adv_loss": adv_loss, "lr_schedule": lr_schedule,
+        "warmup_steps": warmup_steps, "encoder_lr_scale": encoder_lr_scale,
+        "augment_profile": augment_profile, "foreground_share": foreground_share,
+        "select_smoothing": select_smoothing,
         "image_size": image_size, "val_fraction": val_fraction, "seed": seed,
         "device": device, "amp": amp, "workers": workers, "sync_bn": sync_bn,
         "select": select,
@@ -137,8 +165,12 @@ def train(
                 from ..errors import InputError
 
                 raise InputError("--resume takes the run's own config.toml; drop --config")
+            if recipe is not None:
+                from ..errors import InputError
+
+                raise InputError("--resume keeps the run's own recipe; drop --recipe")
             return trainer.resume(resume, flags, console=console, progress=is_tty())
-        cfg = resolve_config(config, flags)
+        cfg = training_config(recipe, config, flags)
         return trainer.train(cfg, console=console, progress=is_tty())
 
     result = run_guarded(go)

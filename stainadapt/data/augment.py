@@ -9,11 +9,13 @@ stain jitter (:class:`StainJitter`) runs first, on the image only.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
 
-__all__ = ["Augment", "StainJitter", "HED_MATRIX", "acquisition_jitter"]
+__all__ = ["Augment", "StainJitter", "HED_MATRIX", "acquisition_jitter", "PROFILES",
+           "augment_profile"]
 
 # Ruifrok & Johnston (2001) haematoxylin, eosin and DAB optical-density vectors (rows),
 # the basis used for colour deconvolution by scikit-image's ``rgb2hed``.
@@ -112,6 +114,9 @@ class Augment(nn.Module):
         contrast: float = 0.1,
         stain_jitter: float = 0.0,
         acquisition: float = 0.0,
+        affine_p: float = 0.5,
+        elastic_p: float = 0.0,
+        gamma: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         import kornia.augmentation as K
@@ -128,9 +133,14 @@ class Augment(nn.Module):
                     translate=(translate, translate),
                     scale=scale,
                     padding_mode="reflection",
-                    p=0.5,
+                    p=affine_p,
                 )
             )
+        if elastic_p > 0:  # smooth local warps: glomeruli are not rigid discs
+            geo.append(K.RandomElasticTransform(kernel_size=(63, 63), sigma=(16.0, 16.0),
+                                                alpha=(1.0, 1.0), align_corners=True,
+                                                padding_mode="reflection",
+                                                p=elastic_p))
         self.geometric = (
             K.AugmentationSequential(*geo, data_keys=["input", "mask"]) if geo else None
         )
@@ -139,6 +149,8 @@ class Augment(nn.Module):
             photo.append(K.RandomBrightness(brightness=(1 - brightness, 1 + brightness), p=0.8))
         if contrast > 0:
             photo.append(K.RandomContrast(contrast=(1 - contrast, 1 + contrast), p=0.8))
+        if gamma is not None:
+            photo.append(K.RandomGamma(gamma=gamma, p=0.5))
         if acquisition:  # the function refuses a negative strength
             photo += acquisition_jitter(acquisition)
         self.photometric = nn.Sequential(*photo)
@@ -152,9 +164,30 @@ class Augment(nn.Module):
         if self.stain is not None:
             image = self.stain(image)
         if self.geometric is not None:
-            if mask is not None:
-                image, mask = self.geometric(image, mask.to(image.dtype))
-            else:
-                image = self.geometric(image, torch.zeros_like(image[:, :1]))[0]
+            with warnings.catch_warnings():  # kornia's elastic mask path leaves it unset
+                warnings.filterwarnings("ignore", message="Default grid_sample and affine_grid")
+                if mask is not None:
+                    image, mask = self.geometric(image, mask.to(image.dtype))
+                else:
+                    image = self.geometric(image, torch.zeros_like(image[:, :1]))[0]
         image = self.photometric(image).clamp(0, 1)
         return image, mask
+
+
+#: Geometric and photometric settings of :class:`Augment` by profile name. ``light`` is
+#: the class's defaults; ``strong`` is nnU-Net's kind of small-data augmentation: any
+#: rotation, scale 0.7-1.4 (glomeruli differ in size between biopsies and scanners),
+#: elastic warps, gamma and wider brightness/contrast.
+PROFILES: dict[str, dict] = {
+    "light": {},
+    "strong": dict(degrees=180.0, scale=(0.7, 1.4), translate=0.1, affine_p=0.8,
+                   elastic_p=0.2, gamma=(0.7, 1.5), brightness=0.15, contrast=0.15),
+}
+
+
+def augment_profile(profile: str = "light", stain_jitter: float = 0.0,
+                    acquisition: float = 0.0) -> Augment:
+    """The :class:`Augment` of a named profile (``light`` or ``strong``)."""
+    if profile not in PROFILES:
+        raise ValueError(f"augment profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    return Augment(stain_jitter=stain_jitter, acquisition=acquisition, **PROFILES[profile])

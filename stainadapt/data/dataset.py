@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from .folders import Sample
 from .io import read_image, read_mask
+from .sampling import crop_origin, glomerulus_centres
 
 __all__ = ["CropDataset", "pad_to"]
 
@@ -30,7 +31,9 @@ class CropDataset(Dataset):
     Item ``i`` is a crop of image ``i % len(samples)`` at a position drawn from a
     generator seeded by ``(seed, epoch, i)`` -- call :meth:`set_epoch` each epoch for new
     crops; the same seed and epoch give the same crops in any worker. Images smaller than
-    the crop are reflect-padded.
+    the crop are reflect-padded. ``foreground_share`` of the crops (in expectation) are
+    centred on a glomerulus of their image, jittered (:func:`.sampling.crop_origin`);
+    the rest, and every crop of an image without glomeruli, are placed uniformly.
 
     Every image an item can reach (the first ``min(length, len(samples))``) is decoded
     once, here, in the process that builds the dataset, and kept in memory: DataLoader
@@ -52,6 +55,7 @@ class CropDataset(Dataset):
         seed: int = 0,
         with_masks: bool = True,
         mask_threshold: float | None = None,
+        foreground_share: float = 0.0,
     ) -> None:
         if not samples:
             raise ValueError("CropDataset needs at least one sample")
@@ -66,9 +70,15 @@ class CropDataset(Dataset):
         self.seed = int(seed)
         self.with_masks = with_masks
         self.mask_threshold = mask_threshold
+        if not 0.0 <= foreground_share <= 1.0:
+            raise ValueError(f"foreground_share must be in [0, 1], got {foreground_share}")
+        self.foreground_share = float(foreground_share) if with_masks else 0.0
         self.epoch = 0
         used = min(self.length, len(self.samples))  # item i reads image i % len(samples)
         self._decoded = [self._decode(self.samples[k]) for k in range(used)]
+        # glomerulus centres per image, for the share of crops placed on one
+        self._centres = [glomerulus_centres(m) if self.foreground_share > 0 else None
+                         for _, m in self._decoded]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -92,8 +102,7 @@ class CropDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         h, w = img.shape[:2]
         c = self.crop_size
-        y = int(rng.integers(0, h - c + 1))
-        x = int(rng.integers(0, w - c + 1))
+        y, x = crop_origin(rng, (h, w), c, self._centres[k], self.foreground_share)
         item = {
             "image": torch.from_numpy(
                 np.ascontiguousarray(img[y : y + c, x : x + c].transpose(2, 0, 1))

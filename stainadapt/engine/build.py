@@ -18,7 +18,7 @@ import torch
 from ..config import TrainConfig
 from ..errors import InputError
 
-__all__ = ["Networks", "build_networks", "make_adam", "fresh_ema",
+__all__ = ["Networks", "build_networks", "make_adam", "generator_groups", "fresh_ema",
            "build_augment", "seed_everything", "unique_names", "init_from_run"]
 
 
@@ -29,8 +29,8 @@ def seed_everything(value: int) -> None:
     torch.manual_seed(value)
 
 
-def make_adam(params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float],
-              device: torch.device) -> tuple[torch.optim.Adam, bool]:
+def make_adam(params: list[torch.nn.Parameter] | list[dict[str, Any]], lr: float,
+              betas: tuple[float, float], device: torch.device) -> tuple[torch.optim.Adam, bool]:
     """Fused Adam when the device supports it (skip-on-non-finite without a host sync).
 
     Returns the optimiser and whether it is fused: a fused Adam skips a whole update
@@ -40,6 +40,28 @@ def make_adam(params: list[torch.nn.Parameter], lr: float, betas: tuple[float, f
         return torch.optim.Adam(params, lr=lr, betas=betas, fused=True), True
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, lr=lr, betas=betas), False
+
+
+def generator_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """G's Adam parameter groups: one, or the encoder and the rest.
+
+    With ``encoder_lr_scale`` 1 G is one group, as in every run before the option (so
+    their ``state.pt`` still loads); otherwise the encoder (``model.encoder``) learns at
+    ``lr * encoder_lr_scale`` in a group of its own, the decoder and head at ``lr``.
+    With an lr schedule each group records its ``base_lr``, what the schedule scales.
+    """
+    if cfg.encoder_lr_scale == 1.0:
+        groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
+    else:
+        encoder = list(model.encoder.parameters())
+        ids = {id(p) for p in encoder}
+        rest = [p for p in model.parameters() if id(p) not in ids]
+        groups = [{"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale},
+                  {"params": rest, "lr": cfg.lr}]
+    if cfg.lr_schedule != "constant" or cfg.warmup_steps > 0:
+        for group in groups:
+            group["base_lr"] = group["lr"]
+    return groups
 
 
 def fresh_ema(model: torch.nn.Module, decay: float) -> Any:
@@ -58,11 +80,11 @@ def fresh_ema(model: torch.nn.Module, decay: float) -> Any:
 
 def build_augment(cfg: TrainConfig, device: torch.device) -> Any:
     """Augment (with the stain jitter folded in) or StainJitter alone, on the device."""
-    from ..data.augment import Augment, StainJitter
+    from ..data.augment import StainJitter, augment_profile
 
     if cfg.augment:
-        return Augment(stain_jitter=cfg.stain_jitter,
-                       acquisition=cfg.acquisition_jitter).to(device)
+        return augment_profile(cfg.augment_profile, stain_jitter=cfg.stain_jitter,
+                               acquisition=cfg.acquisition_jitter).to(device)
     if cfg.stain_jitter > 0:
         return StainJitter(cfg.stain_jitter).to(device)
     return None
@@ -147,7 +169,7 @@ def build_networks(cfg: TrainConfig, device: torch.device, world: int,
     if cfg.sync_bn and world > 1:
         model, discs = _sync_batchnorm(model, discs, device)
     betas = (cfg.beta1, cfg.beta2)
-    opt_g, fused = make_adam(list(model.parameters()), cfg.lr, betas, device)
+    opt_g, fused = make_adam(generator_groups(model, cfg), cfg.lr, betas, device)
     opt_d = [make_adam(list(d.parameters()), cfg.disc_lr, betas, device)[0] for d in discs]
     return Networks(model, discs, unique_names(cfg.discs), normalizer, opt_g, fused, opt_d)
 

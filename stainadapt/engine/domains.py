@@ -115,7 +115,8 @@ class EpochBatches:
         if ds is None:
             ds = CropDataset(samples, cfg.image_size,
                              length=self.steps * cfg.batch_size * self.world,
-                             seed=cfg.seed * 10 + stream, with_masks=with_masks)
+                             seed=cfg.seed * 10 + stream, with_masks=with_masks,
+                             foreground_share=cfg.foreground_share)
             self._datasets[key] = ds
         ds.set_epoch(epoch)
         pin = self.device.type == "cuda"

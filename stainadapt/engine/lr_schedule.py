@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["LR_SCHEDULES", "lr_factor", "set_lr"]
+__all__ = ["LR_SCHEDULES", "lr_factor", "set_lr", "GeneratorLR"]
 
 LR_SCHEDULES = ("constant", "cosine", "poly")
 
@@ -45,3 +45,40 @@ def set_lr(optimizer: object, base_lrs: list[float], factor: float) -> None:
     """
     for group, base in zip(optimizer.param_groups, base_lrs, strict=True):  # type: ignore[attr-defined]
         group["lr"] = base * factor
+
+
+class GeneratorLR:
+    """Sets G's learning rate before each G step of a run (``lr_schedule``, ``warmup_steps``).
+
+    The schedule runs over the G steps of the whole run: every epoch except the ``disc``
+    ones (which freeze G), ``steps`` each. Each parameter group scales its own
+    ``base_lr`` (written into the group when the optimiser is made, kept in ``state.pt``
+    and lowered by a divergence rollback), so groups keep their ratios. With the
+    ``constant`` schedule and no warm-up it does nothing, and the optimiser's groups stay
+    as they always were.
+    """
+
+    def __init__(self, schedule: str, warmup: int, phases: list[str], steps: int) -> None:
+        self.schedule, self.warmup, self.steps = schedule, int(warmup), int(steps)
+        self.active = schedule != "constant" or self.warmup > 0
+        self.before: list[int] = []  # G epochs before each epoch
+        count = 0
+        for phase in phases:
+            self.before.append(count)
+            count += phase != "disc"
+        self.phases = list(phases)
+        self.total = count * self.steps
+
+    def factor(self, epoch: int, step: int) -> float:
+        """The multiplier at ``step`` of ``epoch`` (1 where the schedule is inactive)."""
+        if not self.active:
+            return 1.0
+        index = self.before[min(epoch, len(self.before) - 1)] * self.steps + step
+        return lr_factor(index, self.total, self.schedule, self.warmup)
+
+    def __call__(self, optimizer: object, epoch: int, step: int) -> None:
+        if not self.active or self.phases[epoch] == "disc":
+            return
+        f = self.factor(epoch, step)
+        for group in optimizer.param_groups:  # type: ignore[attr-defined]
+            group["lr"] = group.get("base_lr", group["lr"]) * f

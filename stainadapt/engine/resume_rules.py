@@ -22,9 +22,11 @@ __all__ = ["FROZEN_ON_RESUME", "GROWABLE_ON_RESUME", "FIXED_ON_RESUME", "check_f
 FROZEN_ON_RESUME = ("mode", "discs", "backbone", "image_size", "source", "target", "normalize")
 #: Epoch counts: a resumed run may raise them.
 GROWABLE_ON_RESUME = ("pretrain_epochs", "disc_epochs", "adv_epochs", "self_train_rounds",
-                      "self_train_epochs")
+                      "self_train_epochs", "steps")
 #: The rest of the schedule (``selection``: the effective ``--select`` rule).
-FIXED_ON_RESUME = ("steps_per_epoch", "batch_size", "selection", "val_fraction", "seed")
+FIXED_ON_RESUME = ("steps_per_epoch", "batch_size", "selection", "val_fraction", "seed",
+                   "lr_schedule", "warmup_steps", "encoder_lr_scale", "foreground_share",
+                   "select_smoothing")
 
 
 def check_frozen(stored: dict[str, Any], given: dict[str, Any]) -> None:

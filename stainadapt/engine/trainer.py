@@ -56,6 +56,7 @@ from .callbacks import Callback, SkipCounter, default_callbacks
 from .callbacks.run_writer import CONFIG_FILE, METRICS_FILE
 from .domains import EpochBatches, epoch_seed, load_domains
 from .interrupts import hold_interrupts, sigterm_as_interrupt
+from .lr_schedule import GeneratorLR
 from .resume_rules import check_frozen, check_resume
 from .state import STATE_FILE, load_state, rng_state, set_rng_state
 from .steps import STEPS, StepFn, prepare_step
@@ -116,6 +117,7 @@ class Trainer:
         self.steps = cfg.steps_per_epoch or max(
             1, len(self.domains.src_train) // (cfg.batch_size * self.world))
         self.batches = EpochBatches(cfg, self.steps, self.world, self.rank, self.device)
+        self.g_lr = GeneratorLR(cfg.lr_schedule, cfg.warmup_steps, self.phases, self.steps)
 
         nets = build_networks(cfg, self.device, self.world, resuming=resume_state is not None)
         self.model, self.discs, self.disc_names = nets.model, nets.discs, nets.disc_names
@@ -274,6 +276,8 @@ class Trainer:
         if phase != (self.phases[-1] if self.phases else "seg"):
             return False
         score = self._score(record["val"])
+        if score is not None and self.cfg.select_smoothing > 0:
+            score = self._smoothed(score, phase)
         if score is None or score > self.best_score:
             self.best_score = -math.inf if score is None else score
             self.best_epoch = epoch
@@ -303,6 +307,7 @@ class Trainer:
         acc: dict[str, torch.Tensor] = {"skipped": torch.zeros((), device=self.device)}
         start = time.perf_counter()
         for step in range(self.steps):
+            self.g_lr(self.opt_g, epoch, step)
             src = next(src_it)
             tgt = next(tgt_it) if tgt_it is not None else None
             self.step(phase, src, tgt, acc)
@@ -346,6 +351,21 @@ class Trainer:
             out[key] = evaluate_model(self.eval_model, self._val_items("target"),
                                       self.device, **kw)
         return {k: v for k, v in out.items() if v}
+
+    def _smoothed(self, score: float, phase: str) -> float:
+        """``score`` averaged with the earlier epochs of ``phase`` (exponential moving average).
+
+        One noisy validation epoch then cannot win the selection alone. Recomputed from
+        the metrics records, so a resumed run selects as an uninterrupted one.
+        """
+        beta = self.cfg.select_smoothing
+        earlier = [self._score(r["val"]) for r in self.records if r["phase"] == phase]
+        smooth: float | None = None
+        for value in [*earlier, score]:
+            if value is None or not math.isfinite(value):
+                continue
+            smooth = value if smooth is None else beta * smooth + (1 - beta) * value
+        return score if smooth is None else smooth
 
     def _score(self, val: dict[str, dict[str, float]]) -> float | None:
         sel = self.cfg.selection

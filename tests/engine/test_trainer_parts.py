@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from rich.console import Console
-from stainadapt.testing import make_domain
 
 from stainadapt.config import TrainConfig
 from stainadapt.engine.callbacks import ProgressBars
@@ -21,6 +20,7 @@ from stainadapt.engine.state import load_state
 from stainadapt.engine.steps import StepBatch, disc_view
 from stainadapt.engine.trainer import Trainer, resume, train
 from stainadapt.errors import InputError
+from stainadapt.testing import make_domain
 
 TINY = dict(backbone="resnet18", image_size=64, batch_size=2, steps_per_epoch=1,
             pretrain_epochs=1, disc_epochs=1, adv_epochs=1, device="cpu", samples=0)

@@ -104,6 +104,8 @@ class DivergenceGuard(Callback):
         for opt in (t.opt_g, *t.opt_d):
             for group in opt.param_groups:
                 group["lr"] = float(group["lr"]) * factor
+                if "base_lr" in group:  # what an lr schedule scales
+                    group["base_lr"] = float(group["base_lr"]) * factor
         t.skips.clear()
         lr = t.opt_g.param_groups[0]["lr"]
         disc_lr = [o.param_groups[0]["lr"] for o in t.opt_d]

@@ -36,9 +36,12 @@ def restart_generator(t: Any) -> None:
     if t.ema is not None:
         t.model.load_state_dict(t.ema.module.state_dict())
         t.ema = fresh_ema(t.model, t.cfg.ema)
-    lr = float(t.opt_g.param_groups[0]["lr"])  # keeps a rollback's lowering
-    t.opt_g, t.fused = make_adam(list(t.model.parameters()), lr,
-                                 (t.cfg.beta1, t.cfg.beta2), t.device)
+    # the same groups at their current lr (keeps a rollback's lowering and the schedule's
+    # base_lr), with empty moments
+    keep = ("params", "lr", "base_lr")
+    groups = [{k: g[k] for k in keep if k in g} for g in t.opt_g.param_groups]
+    t.opt_g, t.fused = make_adam(groups, float(groups[0]["lr"]), (t.cfg.beta1, t.cfg.beta2),
+                                 t.device)
     t.skips.clear()
 
 
