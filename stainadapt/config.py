@@ -106,6 +106,10 @@ class TrainConfig:
     # under torchrun: BatchNorm statistics over all ranks' batches (CUDA only)
     sync_bn: bool = False
     select: str | None = None  # None: target in sda, last in uda, source in source-only
+    # before each validation, re-estimate the validated/saved model's BatchNorm statistics
+    # on this many batches of plain (unaugmented, uniform) source crops; 0: keep the
+    # running averages of the training batches (models/batchnorm.py)
+    bn_recalibration: int = 0
     # source/target selection on an exponential moving average of the validation Dice
     # over epochs (this weight on the past; 0: each epoch's own Dice)
     select_smoothing: float = 0.0
@@ -187,7 +191,7 @@ class TrainConfig:
             raise InputError(f"image_size {self.image_size} must be a positive multiple of 32")
         for name in ("pretrain_epochs", "disc_epochs", "adv_epochs", "steps_per_epoch",
                      "workers", "samples", "self_train_rounds", "self_train_epochs", "steps",
-                     "warmup_steps"):
+                     "warmup_steps", "bn_recalibration"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1:

@@ -98,6 +98,9 @@ def train(
         help="Model selection: last, source or target (default: target in sda, last in "
         "uda or with self-training, source in source-only; target in uda is an "
         "oracle).")] = None,
+    bn_recalibration: Annotated[int | None, typer.Option(
+        help="Before each validation, re-estimate BatchNorm statistics on this many "
+        "batches of plain source crops (0: off).", rich_help_panel=_OPT)] = None,
     select_smoothing: Annotated[float | None, typer.Option(
         help="Select on a moving average of the validation Dice over epochs (weight of "
         "the past, 0-1; 0: each epoch's own).")] = None,
@@ -150,7 +153,7 @@ def train(
         "ema": ema, "adv_loss": adv_loss, "lr_schedule": lr_schedule,
         "warmup_steps": warmup_steps, "encoder_lr_scale": encoder_lr_scale,
         "augment_profile": augment_profile, "foreground_share": foreground_share,
-        "select_smoothing": select_smoothing,
+        "select_smoothing": select_smoothing, "bn_recalibration": bn_recalibration,
         "image_size": image_size, "val_fraction": val_fraction, "seed": seed,
         "device": device, "amp": amp, "workers": workers, "sync_bn": sync_bn,
         "select": select,

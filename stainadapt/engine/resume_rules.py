@@ -26,7 +26,7 @@ GROWABLE_ON_RESUME = ("pretrain_epochs", "disc_epochs", "adv_epochs", "self_trai
 #: The rest of the schedule (``selection``: the effective ``--select`` rule).
 FIXED_ON_RESUME = ("steps_per_epoch", "batch_size", "selection", "val_fraction", "seed",
                    "lr_schedule", "warmup_steps", "encoder_lr_scale", "foreground_share",
-                   "select_smoothing")
+                   "select_smoothing", "bn_recalibration")
 
 
 def check_frozen(stored: dict[str, Any], given: dict[str, Any]) -> None:

@@ -70,24 +70,21 @@ def test_real_recipe_sets_its_fields_and_flags_win(tmp_path):
 
 
 def test_steps_and_epoch_flags_agree():
-    by_steps = resolve_config(None, {"source": "s", "mode": "source-only", "steps": 600, "steps_per_epoch": 10})
-    by_epochs = resolve_config(None, {"source": "s", "mode": "source-only", "pretrain_epochs": 60,
-                                      "steps_per_epoch": 10})
+    so = {"source": "s", "mode": "source-only", "steps_per_epoch": 10}
+    by_steps = resolve_config(None, {**so, "steps": 600})
+    by_epochs = resolve_config(None, {**so, "pretrain_epochs": 60})
     assert by_steps.pretrain_epochs == 60
     assert by_steps.phases() == by_epochs.phases()
     # a run's own config.toml holds both, and they agree
-    assert resolve_config(None, {"source": "s", "mode": "source-only", "steps": 600, "steps_per_epoch": 10,
-                                 "pretrain_epochs": 60}).pretrain_epochs == 60
+    assert resolve_config(None, {**so, "steps": 600, "pretrain_epochs": 60}).pretrain_epochs == 60
     with pytest.raises(InputError, match="steps 600 and pretrain_epochs 50 disagree"):
-        resolve_config(None, {"source": "s", "mode": "source-only", "steps": 600, "steps_per_epoch": 10,
-                              "pretrain_epochs": 50})
+        resolve_config(None, {**so, "steps": 600, "pretrain_epochs": 50})
     with pytest.raises(InputError, match="multiple of steps_per_epoch"):
         TrainConfig(source="s", mode="source-only", steps=605, steps_per_epoch=10).validate()
     with pytest.raises(InputError, match="steps needs steps_per_epoch"):
         TrainConfig(source="s", mode="source-only", steps=600).validate()
     # epochs given on the command line replace a recipe's steps
-    cfg = resolve_config(None, {"source": "s", "mode": "source-only", "pretrain_epochs": 7, "steps_per_epoch": 10},
-                         defaults={"steps": 600})
+    cfg = resolve_config(None, {**so, "pretrain_epochs": 7}, defaults={"steps": 600})
     assert cfg.pretrain_epochs == 7 and cfg.steps == 0
 
 
@@ -203,3 +200,23 @@ def test_selection_on_smoothed_validation_dice(source, tmp_path):
         t2._select(epoch, "seg", record)
         t2.records.append(record)
     assert t2.best_epoch == 2  # a steady rise wins
+
+
+def test_bn_recalibration_sets_plain_crop_statistics(source, tmp_path):
+    """Validation sees statistics of plain source crops, not of augmented batches."""
+    from stainadapt.models.batchnorm import batchnorm_layers
+
+    base = dict(TINY, source=str(source), pretrain_epochs=1, val_fraction=0.25,
+                acquisition_jitter=3.0)
+    plain = Trainer(TrainConfig(**base, out=str(tmp_path / "a")).validate())
+    recal = Trainer(TrainConfig(**base, out=str(tmp_path / "b"), bn_recalibration=2).validate())
+    plain.run_epoch(0, "seg")
+    recal.run_epoch(0, "seg")
+    first = lambda t: batchnorm_layers(t.eval_model)[0]  # noqa: E731
+    assert int(first(recal).num_batches_tracked) == 2  # the plain average of 2 batches
+    assert int(first(plain).num_batches_tracked) == 3  # one update per training step
+    assert not torch.allclose(first(plain).running_var, first(recal).running_var)
+    for (k, a), b in zip(plain.model.state_dict().items(),
+                         recal.model.state_dict().values(), strict=True):
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(a, b), k  # the same training: only statistics differ
