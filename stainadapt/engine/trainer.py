@@ -54,12 +54,13 @@ from ..schedule import PHASES, epoch_phases
 from .build import build_augment, build_networks, fresh_ema, seed_everything
 from .callbacks import Callback, SkipCounter, default_callbacks
 from .callbacks.run_writer import CONFIG_FILE, METRICS_FILE
-from .domains import EpochBatches, epoch_seed, load_domains, prepare_batch
+from .domains import EpochBatches, epoch_seed, load_domains
 from .interrupts import hold_interrupts, sigterm_as_interrupt
 from .lr_schedule import GeneratorLR
 from .resume_rules import check_frozen, check_resume
 from .state import STATE_FILE, load_state, rng_state, set_rng_state
-from .steps import STEPS, StepFn, autocast, prepare_step
+from .statistics import needs_statistics, recalibrate
+from .steps import STEPS, StepFn, prepare_step
 
 __all__ = ["Trainer", "TrainResult", "train", "resume", "resolve_device", "summary_table"]
 
@@ -132,7 +133,6 @@ class Trainer:
         self.best_record: dict[str, Any] | None = None
         self.records: list[dict[str, Any]] = []
         self._val_cache: dict[str, list] = {}
-        self._recal_data: Any = None
         # self-training (set by the SelfTraining callback): the round whose
         # pseudo-labelled target samples a ``self`` epoch trains on
         self.pseudo_round = 0
@@ -318,8 +318,8 @@ class Trainer:
         losses = {k: v / self.steps for k, v in sums.items() if not k.startswith("acc_")}
         disc_acc = {k[4:]: v / self.steps for k, v in sums.items() if k.startswith("acc_")}
         train_seconds = time.perf_counter() - start
-        if self.cfg.bn_recalibration:  # every rank: their models stay equal
-            self.recalibrate_batchnorm()
+        if self.cfg.bn_recalibration and needs_statistics(self, epoch):
+            recalibrate(self)  # every rank: their models stay equal
         # rank 0 validates; every rank gets its result so all select the same epoch
         val = distributed.broadcast_object(self.validate() if self.main else None)
         return {
@@ -341,34 +341,6 @@ class Trainer:
             self._val_cache[which] = load_domain_images(
                 [s for s in samples if s.mask is not None], with_masks=True)
         return self._val_cache[which]
-
-    def recalibrate_batchnorm(self) -> None:
-        """Re-estimate :attr:`eval_model`'s BatchNorm statistics on plain source crops.
-
-        ``bn_recalibration`` batches of uniformly placed, unaugmented crops of the source
-        training images (the same crops every epoch), so validation, pseudo-labels and
-        the saved model normalise like the images they will see, not like the
-        augmented, glomerulus-centred training batches.
-        """
-        from ..data.dataset import CropDataset
-        from ..models.batchnorm import recalibrate_batchnorm
-
-        cfg = self.cfg
-        if self._recal_data is None:
-            self._recal_data = CropDataset(self.domains.src_train, cfg.image_size,
-                                           length=cfg.bn_recalibration * cfg.batch_size,
-                                           seed=cfg.seed * 10 + 7, with_masks=False)
-        ds = self._recal_data
-
-        def batches():
-            for start in range(0, len(ds), cfg.batch_size):
-                items = [ds[i]["image"] for i in range(start, start + cfg.batch_size)]
-                x, _ = prepare_batch({"image": torch.stack(items)}, self.device,
-                                     self.normalizer, None)
-                yield x
-
-        with autocast(self):
-            recalibrate_batchnorm(self.eval_model, batches())
 
     def validate(self) -> dict[str, dict[str, float]]:
         """Dice and accuracy of :attr:`eval_model` on each domain's labelled validation split."""

@@ -220,3 +220,19 @@ def test_bn_recalibration_sets_plain_crop_statistics(source, tmp_path):
                          recal.model.state_dict().values(), strict=True):
         if "running" not in k and "num_batches" not in k:
             assert torch.equal(a, b), k  # the same training: only statistics differ
+
+
+def test_statistics_are_re_estimated_where_the_model_is_read(source, tmp_path):
+    from stainadapt.engine.statistics import needs_statistics
+
+    cfg = TrainConfig(**{**TINY, "mode": "uda", "adv_epochs": 2, "disc_epochs": 1},
+                      source=str(source),
+                      target=str(source), discs=["shape"], out=str(tmp_path / "r"),
+                      pretrain_epochs=2, val_fraction=0.0,
+                      self_train_rounds=2, self_train_epochs=2, bn_recalibration=1)
+    t = Trainer(cfg.validate())
+    # seg seg | disc | adv adv | self self | self self
+    assert [needs_statistics(t, e) for e in range(len(t.phases))] == \
+        [False, True, True, False, True, False, True, False, True]
+    t2 = Trainer(dataclasses.replace(cfg, val_fraction=0.25, out=str(tmp_path / "v")))
+    assert all(needs_statistics(t2, e) for e in range(len(t2.phases)))
