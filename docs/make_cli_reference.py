@@ -73,10 +73,11 @@ def _type_name(param: Any) -> str:
 
 def _train_defaults() -> dict[str, Any]:
     """``stainadapt train`` flags default to "not given" (so ``--config`` can set them);
-    the value a run gets then is the :class:`~stainadapt.config.TrainConfig` default."""
+    the value a run gets then is the default recipe's (``stainadapt.recipes``)."""
     from stainadapt.config import TrainConfig
+    from stainadapt.recipes import DEFAULT_TRAINING, training_fields
 
-    defaults = TrainConfig().as_dict()
+    defaults = {**TrainConfig().as_dict(), **training_fields(DEFAULT_TRAINING)}
     defaults["disc"] = defaults.pop("discs")
     defaults["select"] = "by mode"
     return defaults
@@ -192,7 +193,8 @@ def render() -> str:
         "Global options go *before* the command (`stainadapt --debug train ...`). Every",
         "command also takes `--help`. Exit codes: 0 success, 1 a run failed, 2 bad input",
         "(the one-line error names the file or option), 130 interrupted. For `train`, the",
-        "default column shows what a run gets when neither the flag nor `--config` sets it.",
+        "default column shows what a run gets when neither the flag nor `--config` sets it",
+        "(the default `--recipe real`; `--recipe paper` changes the recipe's fields).",
         "",
         *_params_table(root),
         "",

@@ -1,5 +1,8 @@
 """Synthetic renal tissue in several stains: the embedded, offline default data set.
 
+(One module of ~550 lines: the geometry generator, the per-stain tables and the renderer
+share private helpers and constants that make sense only together.)
+
 How a tile is made (all vectorised numpy/scipy; no per-pixel Python loops):
 
 1. **Geometry** (:func:`tissue_geometry`, the same generator for every stain). A tile has
