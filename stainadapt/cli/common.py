@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -75,3 +75,11 @@ def progress_bar(show: bool = True) -> Progress:
         console=console,
         disable=not (is_tty() and show),
     )
+
+
+def print_lines(lines: list[str], notes: Sequence[str] = ()) -> None:
+    """Report lines (no rich highlighting), then each note in yellow."""
+    for line in lines:
+        console.print(line, highlight=False)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import console, run_guarded
+from .common import console, print_lines, run_guarded
 
 app = typer.Typer()
 
@@ -83,11 +83,8 @@ def export(
             f"(mean {report.mean_abs_diff:.2e}) in probabilities",
             highlight=False,
         )
+    lines = []
     if report.image_max_abs_diff is not None:
-        console.print(
-            f"normalised images: max |difference| {report.image_max_abs_diff:.0f}, "
-            f"mean {report.image_mean_abs_diff:.2e} (worst image; 0..255 units)",
-            highlight=False,
-        )
-    for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        lines.append(f"normalised images: max |difference| {report.image_max_abs_diff:.0f}, "
+                     f"mean {report.image_mean_abs_diff:.2e} (worst image; 0..255 units)")
+    print_lines(lines, report.notes)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import AmpOpt, DeviceOpt, console, progress_bar, run_guarded
+from .common import AmpOpt, DeviceOpt, console, print_lines, progress_bar, run_guarded
 
 app = typer.Typer()
 
@@ -170,15 +170,12 @@ def predict(
             f"kept {len(report.existing)} existing output(s) (--overwrite to redo them)",
             highlight=False,
         )
+    lines = []
     if report.tiles_total:
         pct = 100.0 * report.tiles_skipped / report.tiles_total
-        console.print(
-            f"skipped {report.tiles_skipped} of {report.tiles_total} windows as background "
-            f"glass ({pct:.1f}%)",
-            highlight=False,
-        )
-    for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        lines.append(f"skipped {report.tiles_skipped} of {report.tiles_total} windows as "
+                     f"background glass ({pct:.1f}%)")
+    print_lines(lines, report.notes)
     objects = _write_objects(inputs, out, options, overwrite) if options is not None else None
     run_guarded(report.raise_for_failures)
     if objects is not None:
