@@ -36,15 +36,10 @@ def _font(size: int) -> Any:
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
-    """The image with ``mask`` tinted and outlined in ``colour``."""
-    from scipy import ndimage as ndi
+    """The image with ``mask`` tinted and outlined in ``colour`` (the library's overlay)."""
+    from stainadapt.data.overlay import draw_overlay
 
-    out = image.astype(np.float32)
-    tint = np.array(colour, np.float32)
-    out[mask] = 0.55 * out[mask] + 0.45 * tint
-    edge = mask & ~ndi.binary_erosion(mask, iterations=2, border_value=0)
-    out[edge] = tint
-    return out.clip(0, 255).astype(np.uint8)
+    return draw_overlay(image, mask, colour=colour, width=2, tint=0.45, tint_colour=colour)
 
 
 def _validation_items(demo: Path, results: dict[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -134,7 +134,7 @@ class SegmentationNet(nn.Module):
         concatenates the results, so that in training mode BatchNorm normalises each
         part with its own batch statistics. The trainer passes the source batch size:
         a batch that mixes two stains would otherwise be normalised with statistics
-        that fit neither (see :mod:`stainadapt.engine.trainer`). It is one call, so a
+        that fit neither (see :mod:`stainadapt.engine.steps`). It is one call, so a
         DistributedDataParallel wrapper sees one forward per backward.
         """
         if x.ndim != 4:
