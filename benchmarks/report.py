@@ -67,9 +67,11 @@ def count_flops(fn: Callable[[], object]) -> float:
 
 
 def _autocast(device: torch.device, amp: str):
-    if amp == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+    """Autocast as the library resolves ``amp`` (stainadapt.device.resolve_amp)."""
+    from stainadapt.device import resolve_amp
+
+    dtype = resolve_amp(amp, device)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def seg_step_factory(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, amp: str):
@@ -88,7 +90,7 @@ def seg_step_factory(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, a
 
 
 def trainer_step(case: str, root: Path, size: int, batch: int, device: str, amp: str):
-    """The engine's own step (``Trainer._step``) for a case of ``bench_train.CASES``."""
+    """The engine's own step (``Trainer.step``) for a case of ``bench_train.CASES``."""
     os.environ["STAINADAPT_BENCH_SIZE"] = str(size)
     os.environ["STAINADAPT_BENCH_BATCH"] = str(batch)
     os.environ["STAINADAPT_BENCH_DEVICE"] = device
