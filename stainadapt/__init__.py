@@ -4,8 +4,8 @@ Train, predict and evaluate from Python (imported lazily, so ``import stainadapt
 cheap)::
 
     import stainadapt
-    cfg = stainadapt.TrainConfig(source="data/pasm", target="data/masson", mode="uda",
-                                 discs=["mirrored", "shape"], out="runs/exp")
+    cfg = stainadapt.training_config(source="data/pasm", target="data/masson", mode="uda",
+                                     discs=["mirrored", "shape"], out="runs/exp")
     result = stainadapt.train(cfg)                                # engine.trainer.train
     stainadapt.predict(["slides/"], result.run_dir, "masks/")     # inference.predict_paths
     report = stainadapt.evaluate("masks/", "data/masson/masks")   # metrics.evaluate_folders
@@ -29,6 +29,7 @@ from .version import __version__
 # name -> (module, attribute): imported on first use (torch, timm, ... load only then)
 _LAZY = {
     "TrainConfig": ("stainadapt.config", "TrainConfig"),
+    "training_config": ("stainadapt.recipes", "training_config"),
     "train": ("stainadapt.engine.trainer", "train"),
     "resume": ("stainadapt.engine.trainer", "resume"),
     "predict": ("stainadapt.inference", "predict_paths"),
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .engine.trainer import resume, train
     from .inference import predict_paths as predict
     from .metrics import evaluate_folders as evaluate
+    from .recipes import training_config
 
 
 def __getattr__(name: str) -> Any:
@@ -58,6 +60,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__",
     "TrainConfig",
+    "training_config",
     "train",
     "resume",
     "predict",

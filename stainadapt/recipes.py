@@ -178,12 +178,15 @@ def training_fields(name: str) -> dict[str, Any]:
 
 
 def training_config(recipe: str | None = None, config_file: str | Path | None = None,
-                    overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A validated ``TrainConfig``: recipe fields, then the config file, then ``overrides``.
+                    overrides: dict[str, Any] | None = None, **fields: Any) -> TrainConfig:
+    """A validated ``TrainConfig``: recipe fields, then the config file, then the fields given.
 
     The recipe is ``recipe``, else the file's ``recipe`` key, else :data:`DEFAULT_TRAINING`.
-    ``overrides`` are flag values, ``None`` meaning "not given" (as ``stainadapt train``).
+    ``overrides`` (flag values, ``None`` meaning "not given", as ``stainadapt train``) and
+    ``fields`` are ``TrainConfig`` fields, e.g.
+    ``training_config(source="data/pasm", mode="source-only", out="runs/a")``.
     """
+    overrides = {**(overrides or {}), **fields}
     name = recipe
     if name is None and config_file is not None:
         name = load_toml(config_file).get("recipe")
