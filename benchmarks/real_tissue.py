@@ -9,11 +9,20 @@ of optimiser steps trains
   flips, Adam 1e-3, BCE + Dice) -- what a practitioner writes first;
 * ``paper``: ``--recipe paper`` (the paper's plain recipe), on fold 0 only.
 
+Part (b), synthetic PASM -> real PAS without target labels: the first three quarters of
+the real tiles (by name) are the unlabelled target, the last quarter the test tiles. Per
+seed: ``source-only`` (the recipe on synthetic PASM tiles), ``macenko`` (that model on
+test tiles Macenko-normalised to a synthetic PASM tile), ``uda`` (mirrored + shape at
+the paper's weights, from the source model), ``uda-st`` (two rounds of self-training
+from the UDA model) and ``supervised`` (the recipe on the labelled target tiles: the
+upper bound). Figures are mean ± std over seeds.
+
 Each model predicts the whole test tiles (the predictor's whole-image path) and is scored
-by per-tile Dice; a fold's figure is the mean over its tiles, a method's the mean ± std
-over folds. Finished runs are skipped, so an interrupted benchmark resumes.
+by per-tile Dice; a run's figure is the mean over its test tiles. Finished runs are
+skipped, so an interrupted benchmark resumes.
 
     python benchmarks/real_tissue.py ../shared/data/real-pas-aidpath --out runs/real-tissue
+    python benchmarks/real_tissue.py ../shared/data/real-pas-aidpath --part b --seeds 3
 
 ``--budget full`` is the long version for a GPU; ``--set key=value`` overrides a training
 field of the ``recipe`` rows (e.g. ``--set foreground_share=0``), ``--pretrained FILE``
@@ -48,12 +57,21 @@ class Budget:
     steps: int = 600
     steps_per_epoch: int = 10
     n_folds: int = 4
+    # part (b): the adaptation schedule after the source model, and the synthetic source
+    disc_epochs: int = 2
+    adv_epochs: int = 15
+    self_train_rounds: int = 2
+    self_train_epochs: int = 6
+    synth_n: int = 48
+    synth_size: int = 256
 
 
 BUDGETS = {
     "quick": Budget("quick"),
     "full": Budget("full", backbone="resnet34", steps=4000, steps_per_epoch=50),
-    "tiny": Budget("tiny", image_size=64, batch_size=2, steps=4, steps_per_epoch=2),
+    "tiny": Budget("tiny", image_size=64, batch_size=2, steps=4, steps_per_epoch=2,
+                   disc_epochs=1, adv_epochs=1, self_train_rounds=1, self_train_epochs=1,
+                   synth_n=4, synth_size=64),
 }
 
 
@@ -90,7 +108,8 @@ def _link_domain(data: Path, names: list[str], dest: Path) -> Path:
     return dest
 
 
-def _score(model: Any, data: Path, names: list[str], device: str) -> dict[str, Any]:
+def _score(model: Any, data: Path, names: list[str], device: str,
+           normalizer: Any = None) -> dict[str, Any]:
     """Per-tile Dice of ``model`` on the whole tiles ``names`` of ``data``."""
     from stainadapt.data.folders import scan_domain
     from stainadapt.device import resolve_device
@@ -101,18 +120,26 @@ def _score(model: Any, data: Path, names: list[str], device: str) -> dict[str, A
     samples = [s for s in scan_domain(data, require_masks=True) if s.name in set(names)]
     per = {}
     for name, image, mask in load_domain_images(samples, with_masks=True):
-        prob = predict_probs(model, image, dev).cpu().numpy()
+        prob = predict_probs(model, image, dev, normalizer=normalizer).cpu().numpy()
         per[name] = round(float(segmentation_metrics(prob > 0.5, mask)["dice"]), 4)
     return {"dice": float(np.mean(list(per.values()))), "per_tile": per}
 
 
 def _train_recipe(recipe: str, train_dir: Path, run_dir: Path, budget: Budget, seed: int,
-                  device: str, overrides: dict[str, Any], pretrained: str | None) -> Any:
-    from stainadapt.engine.trainer import train
+                  device: str, overrides: dict[str, Any], pretrained: str | None,
+                  **fields: Any) -> Any:
+    """Train (unless finished) a source-only run of ``recipe`` on ``train_dir``; its model.
+
+    ``fields`` replace the source-only schedule (an adaptation run from ``init``).
+    """
+    from stainadapt.engine.trainer import resume, train
     from stainadapt.recipes import training_config
     from stainadapt.runs import load_model
 
-    if not (run_dir / "model.safetensors").is_file():
+    if (run_dir / "state.pt").is_file():  # interrupted: continue it
+        resume(run_dir)
+        (run_dir / "state.pt").unlink()
+    elif not (run_dir / "model.safetensors").is_file():
         if run_dir.exists():
             shutil.rmtree(run_dir)
         flags = dict(source=str(train_dir), mode="source-only", out=str(run_dir),
@@ -122,7 +149,9 @@ def _train_recipe(recipe: str, train_dir: Path, run_dir: Path, budget: Budget, s
                      val_fraction=0.0, select="last", samples=0, seed=seed, device=device,
                      pretrained=pretrained)
         flags.update(overrides)
+        flags.update(fields)
         train(training_config(recipe, None, flags))
+        (run_dir / "state.pt").unlink(missing_ok=True)  # finished: the model is what counts
     return load_model(run_dir, device)[0]
 
 
@@ -201,12 +230,80 @@ def run_part_a(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
     return records
 
 
-def summary(records: list[dict[str, Any]]) -> str:
-    """A Markdown table: mean ± std over folds per method (and tag)."""
+def _link_images(data: Path, names: list[str], dest: Path) -> Path:
+    """An unlabelled domain folder (images/ only) of ``names``: the target never has masks."""
+    if not (dest / "DONE").is_file():
+        full = _link_domain(data, names, dest.with_name(dest.name + "-labelled"))
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(full / "images", dest / "images", symlinks=True)
+        (dest / "DONE").write_text("\n".join(names) + "\n")
+    return dest
+
+
+def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]:
+    """Synthetic PASM -> real PAS: the rows of part (b) for seeds ``0..args.seeds-1``."""
+    from stainadapt.data.folders import scan_domain
+    from stainadapt.data.io import read_image
+    from stainadapt.data.synth import generate
+    from stainadapt.recipes import PAPER_QUICK
+    from stainadapt.registry import create
+
+    data = Path(args.data)
+    names = sorted(s.name for s in scan_domain(data, require_masks=True))
+    n_test = max(1, len(names) // budget.n_folds)
+    target_names, test = names[:-n_test], names[-n_test:]
+    synth = args.out / f"synth-pasm-n{budget.synth_n}-s{budget.synth_size}"
+    if not (synth / "README.txt").is_file():
+        generate(synth, stains=("pasm",), n=budget.synth_n, size=budget.synth_size)
+    source = synth / "pasm"
+    target = _link_images(data, target_names, args.out / "data" / "target")
+    labelled = args.out / "data" / "target-labelled"
+    reference = read_image(sorted((source / "images").iterdir())[0])
+    runs = args.out / "runs-b"
+    adapt = dict(target=str(target), steps=0, pretrain_epochs=0)
+    records = []
+
+    def row(method: str, seed: int, run: str, train_dir: Path, normalizer: Any = None,
+            **fields: Any) -> None:
+        """Score ``run``'s model (trained first unless finished) as ``method``."""
+        path = args.out / "results-b" / f"{method}-seed{seed}.json"
+        if path.is_file():
+            records.append(json.loads(path.read_text()))
+            return
+        started = time.perf_counter()
+        model = _train_recipe(args.recipe, train_dir, runs / f"{run}-seed{seed}", budget, seed,
+                              args.device, args.overrides, args.pretrained, **fields)
+        rec = {"method": method, "tag": method, "seed": seed, "test": test,
+               "budget": budget.__dict__, "seconds": round(time.perf_counter() - started, 1),
+               **_score(model, data, test, args.device, normalizer)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rec, indent=1) + "\n")
+        records.append(rec)
+        print(f"(b) {method} seed {seed}: Dice {rec['dice']:.3f} ({rec['seconds']:.0f} s)",
+              flush=True)
+
+    macenko = create("normalizers", "macenko")
+    macenko.fit(reference)
+    for seed in range(args.seeds):
+        row("source-only", seed, "source-only", source)
+        row("macenko", seed, "source-only", source, normalizer=macenko)
+        row("uda", seed, "uda", source, mode="uda", discs=list(PAPER_QUICK.uda_discs),
+            init=str(runs / f"source-only-seed{seed}"), disc_epochs=budget.disc_epochs,
+            adv_epochs=budget.adv_epochs, **adapt)
+        row("uda-st", seed, "uda-st", source, init=str(runs / f"uda-seed{seed}"),
+            self_train_rounds=budget.self_train_rounds,
+            self_train_epochs=budget.self_train_epochs, **adapt)
+        row("supervised", seed, "supervised", labelled)
+    return records
+
+
+def summary(records: list[dict[str, Any]], over: str = "folds") -> str:
+    """A Markdown table: mean ± std over folds (or seeds) per method (and tag)."""
     groups: dict[str, list[float]] = {}
     for r in records:
         groups.setdefault(r["tag"].rsplit("-fold", 1)[0], []).append(r["dice"])
-    lines = ["| method | folds | Dice mean ± std | per fold |", "|---|---|---|---|"]
+    lines = [f"| method | {over} | Dice mean ± std | per {over[:-1]} |", "|---|---|---|---|"]
     for name, dices in groups.items():
         lines.append(f"| {name} | {len(dices)} | {np.mean(dices):.3f} ± {np.std(dices):.3f} "
                      f"| {', '.join(f'{d:.3f}' for d in dices)} |")
@@ -236,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="KEY=VALUE: a training field of the recipe rows (repeatable)")
     p.add_argument("--tag", default="", help="suffix of the recipe rows' names")
     p.add_argument("--pretrained", default=None, help="local encoder weights file")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--part", choices=["a", "b"], default="a",
+                   help="a: in-domain folds; b: synthetic PASM -> real PAS, no target labels")
+    p.add_argument("--seed", type=int, default=0, help="part (a)'s seed")
+    p.add_argument("--seeds", type=int, default=3, help="part (b): seeds 0..N-1")
     p.add_argument("--device", default="auto")
     p.add_argument("--md", type=Path, default=None, help="Markdown summary output")
     args = p.parse_args(argv)
@@ -244,12 +344,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.data}: no images/ folder (the labelled real tiles)", file=sys.stderr)
         return 2
     args.overrides = _overrides(args.overrides)
-    records = run_part_a(args, BUDGETS[args.budget])
-    text = summary(records)
+    budget = BUDGETS[args.budget]
+    if args.part == "a":
+        text = summary(run_part_a(args, budget))
+    else:
+        text = summary(run_part_b(args, budget), over="seeds")
     print(text)
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(f"# Real tissue, part (a)\n\n`{' '.join(sys.argv)}`\n\n{text}")
+        args.md.write_text(f"# Real tissue, part ({args.part})\n\n`{' '.join(sys.argv)}`"
+                           f"\n\n{text}")
     return 0
 
 

@@ -66,3 +66,23 @@ def test_tiny_benchmark_end_to_end_and_resume(rt, tmp_path, capsys):
 def test_missing_data_is_one_line(rt, tmp_path, capsys):
     assert rt.main([str(tmp_path / "nowhere")]) == 2
     assert "no images/ folder" in capsys.readouterr().err
+
+
+def test_tiny_part_b_rows_and_target_without_masks(rt, tmp_path):
+    data = make_domain(tmp_path / "tiles", "source", n=8, size=64)
+    out = tmp_path / "out"
+    argv = [str(data), "--part", "b", "--budget", "tiny", "--seeds", "1", "--out", str(out),
+            "--device", "cpu"]
+    assert rt.main(argv) == 0
+    results = sorted(p.stem for p in (out / "results-b").iterdir())
+    assert results == ["macenko-seed0", "source-only-seed0", "supervised-seed0",
+                       "uda-seed0", "uda-st-seed0"]
+    for name in results:
+        rec = json.loads((out / "results-b" / f"{name}.json").read_text())
+        assert rec["test"] == ["im6", "im7"] and 0.0 <= rec["dice"] <= 1.0
+    assert not (out / "data" / "target" / "masks").exists()  # the target is unlabelled
+    uda = (out / "runs-b" / "uda-seed0" / "config.toml").read_text()
+    assert 'mode = "uda"' in uda and "source-only-seed0" in uda
+    assert "uda-seed0" in (out / "runs-b" / "uda-st-seed0" / "config.toml").read_text()
+    assert (out / "runs-b" / "uda-st-seed0" / "pseudo" / "round-1").is_dir()
+    assert not (out / "runs-b" / "uda-seed0" / "state.pt").exists()
