@@ -38,6 +38,7 @@ SELECTS = ("last", "source", "target")
 AMPS = ("auto", "bf16", "off")
 LR_SCHEDULES = ("constant", "cosine", "poly")  # engine/lr_schedule.py
 AUGMENT_PROFILES = ("light", "strong")  # data/augment.py
+NORMS = ("batch", "group", "instance")  # models/batchnorm.py
 ADV_LOSSES = ("minimax", "flip")  # G's adversarial term, see engine/losses.py
 
 
@@ -55,6 +56,9 @@ class TrainConfig:
     discs: list[str] = field(default_factory=list)
     backbone: str = "resnet34"
     pretrained: str | None = None
+    # G's normalisation layers: "batch" (the backbone's BatchNorm), "group" or "instance"
+    # (per-image statistics, models/batchnorm.py)
+    norm: str = "batch"
     # G's starting weights: a run folder (or its model.safetensors), e.g. a source-only
     # run to adapt; its backbone must match. Usually with pretrain_epochs = 0.
     init: str | None = None
@@ -153,6 +157,8 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"lr_schedule {self.lr_schedule!r} is not one of "
                              f"{', '.join(LR_SCHEDULES)}")
+        if self.norm not in NORMS:
+            raise InputError(f"norm {self.norm!r} is not one of {', '.join(NORMS)}")
         if self.augment_profile not in AUGMENT_PROFILES:
             raise InputError(f"augment_profile {self.augment_profile!r} is not one of "
                              f"{', '.join(AUGMENT_PROFILES)}")

@@ -135,6 +135,7 @@ def meta_defaults(model: Any) -> dict[str, Any]:
         "image_size": None,
         "threshold": 0.5,
         "decoder_channels": list(getattr(model, "decoder_channels", ()) or ()) or None,
+        "norm": getattr(model, "norm", "batch"),
         "normalizer": None,
         "stainadapt_version": __version__,
         "mode": None,
@@ -234,6 +235,8 @@ def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[An
     kwargs: dict[str, Any] = {"backbone": backbone, "pretrained": None}
     if meta.get("decoder_channels"):
         kwargs["decoder_channels"] = tuple(int(c) for c in meta["decoder_channels"])
+    if meta.get("norm", "batch") != "batch":  # runs before the field are BatchNorm
+        kwargs["norm"] = meta["norm"]
     try:
         model = SegmentationNet(**kwargs)
     except PluginError as exc:

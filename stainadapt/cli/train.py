@@ -29,6 +29,9 @@ def train(
         "--disc", help="Discriminator spec, repeatable: --disc mirrored --disc shape "
         "or --disc single:layer=f9,weight=0.05.")] = None,
     backbone: Annotated[str | None, typer.Option(help="Encoder (default resnet34).")] = None,
+    norm: Annotated[str | None, typer.Option(
+        help="G's normalisation: batch (BatchNorm), group or instance (per-image "
+        "statistics).")] = None,
     pretrained: Annotated[str | None, typer.Option(
         help="Local encoder weights file (nothing is downloaded).")] = None,
     init: Annotated[str | None, typer.Option(
@@ -145,7 +148,7 @@ def train(
 
     flags = {
         "source": source, "target": target, "mode": mode, "discs": disc or None,
-        "backbone": backbone, "pretrained": pretrained, "init": init, "out": out,
+        "backbone": backbone, "norm": norm, "pretrained": pretrained, "init": init, "out": out,
         "pretrain_epochs": pretrain_epochs, "disc_epochs": disc_epochs,
         "adv_epochs": adv_epochs, "steps_per_epoch": steps_per_epoch, "steps": steps,
         "self_train_rounds": self_train_rounds, "self_train_epochs": self_train_epochs,

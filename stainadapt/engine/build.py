@@ -147,7 +147,7 @@ def build_networks(cfg: TrainConfig, device: torch.device, world: int,
     from ..registry import create
 
     seed_everything(cfg.seed)
-    model = SegmentationNet(backbone=cfg.backbone, pretrained=cfg.pretrained)
+    model = SegmentationNet(backbone=cfg.backbone, pretrained=cfg.pretrained, norm=cfg.norm)
     if cfg.init and not resuming:
         init_from_run(model, cfg.init, cfg.backbone)
     discs = [create("discriminators", spec, model.feature_table) for spec in cfg.discs]

@@ -19,7 +19,8 @@ __all__ = ["FROZEN_ON_RESUME", "GROWABLE_ON_RESUME", "FIXED_ON_RESUME", "check_f
            "check_resume"]
 
 #: Fields that define the networks and the data.
-FROZEN_ON_RESUME = ("mode", "discs", "backbone", "image_size", "source", "target", "normalize")
+FROZEN_ON_RESUME = ("mode", "discs", "backbone", "image_size", "source", "target", "normalize",
+                    "norm")
 #: Epoch counts: a resumed run may raise them.
 GROWABLE_ON_RESUME = ("pretrain_epochs", "disc_epochs", "adv_epochs", "self_train_rounds",
                       "self_train_epochs", "steps")

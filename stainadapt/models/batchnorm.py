@@ -17,7 +17,12 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["batchnorm_layers", "recalibrate_batchnorm"]
+__all__ = ["NORMS", "batchnorm_layers", "recalibrate_batchnorm", "replace_batchnorm"]
+
+#: Normalisation layers G can use: BatchNorm (batch statistics, running averages for
+#: prediction), GroupNorm over up to 32 groups, or instance normalisation (one group per
+#: channel, as nnU-Net): the last two normalise every image by itself.
+NORMS = ("batch", "group", "instance")
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -57,3 +62,33 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
                 m.running_var.copy_(var)
                 m.num_batches_tracked.copy_(count)
     return seen
+
+
+def replace_batchnorm(module: nn.Module, norm: str) -> nn.Module:
+    """``module`` with every 2-D BatchNorm replaced by per-sample normalisation, in place.
+
+    ``norm``: ``"batch"`` (nothing changes), ``"group"`` (GroupNorm, ``gcd(32, C)``
+    groups) or ``"instance"`` (GroupNorm with one group per channel). Affine weights and
+    biases are carried over; running statistics are dropped (there are none to keep). A
+    network whose statistics come from each input alone predicts an image the same way
+    whatever else is in the batch, and needs no statistics that fit the test stain.
+    """
+    import math
+
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if norm == "batch":
+        return module
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            c = child.num_features
+            groups = c if norm == "instance" else math.gcd(32, c)
+            gn = nn.GroupNorm(groups, c, eps=child.eps, affine=child.affine)
+            if child.affine:
+                with torch.no_grad():
+                    gn.weight.copy_(child.weight)
+                    gn.bias.copy_(child.bias)
+            setattr(module, name, gn)
+        else:
+            replace_batchnorm(child, norm)
+    return module

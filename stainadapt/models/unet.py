@@ -74,6 +74,9 @@ class SegmentationNet(nn.Module):
         pretrained: local weights file for the encoder, or ``None``.
         decoder_channels: output channels of the five decoder blocks (f5..f9).
         in_chans: input channels (3 for RGB).
+        norm: ``"batch"`` (BatchNorm, as the backbone comes), ``"group"`` or ``"instance"``
+            (every BatchNorm of encoder and decoder replaced by per-sample normalisation,
+            :func:`~stainadapt.models.batchnorm.replace_batchnorm`).
 
     ``forward(x)`` takes ``(B, in_chans, H, W)`` with H, W multiples of 32 and returns
     logits ``(B, 1, H, W)``; with ``return_features=True`` it returns
@@ -86,6 +89,7 @@ class SegmentationNet(nn.Module):
         pretrained: str | None = None,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         in_chans: int = 3,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         decoder_channels = tuple(int(c) for c in decoder_channels)
@@ -116,6 +120,11 @@ class SegmentationNet(nn.Module):
             DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, decoder_channels, strict=True)
         )
         self.head = nn.Conv2d(decoder_channels[-1], 1, 3, padding=1)
+        self.norm = norm
+        if norm != "batch":  # encoder and decoder alike (models/batchnorm.py)
+            from .batchnorm import replace_batchnorm
+
+            replace_batchnorm(self, norm)
         table: dict[str, tuple[int, int]] = {}
         for i, (c, s) in enumerate(zip(enc_channels, strides, strict=True)):
             table[f"f{i}"] = (c, s)

@@ -34,3 +34,28 @@ def test_no_batches_leaves_the_statistics():
     before = batchnorm_layers(net)[0].running_var.clone()
     assert recalibrate_batchnorm(net, []) == 0
     assert torch.equal(batchnorm_layers(net)[0].running_var, before)
+
+
+def test_per_sample_norm_replaces_every_batchnorm_and_loads_back(tmp_path):
+    import pytest
+
+    from stainadapt.models.batchnorm import replace_batchnorm
+    from stainadapt.models.unet import SegmentationNet
+    from stainadapt.runs import load_model, save_model
+
+    torch.manual_seed(0)
+    net = SegmentationNet("resnet18", norm="instance").eval()
+    assert not batchnorm_layers(net)
+    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(m.num_groups == m.num_channels for m in norms)
+    x = torch.rand(2, 3, 64, 64)
+    alone = net(x[:1])
+    assert torch.allclose(net(x)[:1], alone, atol=1e-5)  # the batch does not matter
+    save_model(tmp_path, net, {"backbone": "resnet18", "image_size": 64})
+    back, meta = load_model(tmp_path)
+    assert meta["norm"] == "instance"
+    assert torch.allclose(back(x[:1]), alone, atol=1e-6)
+    group = replace_batchnorm(_net(), "group")
+    assert isinstance(group[1], nn.GroupNorm) and group[1].num_groups == 4
+    with pytest.raises(ValueError, match="batch, group, instance"):
+        replace_batchnorm(_net(), "layer")
