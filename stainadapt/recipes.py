@@ -162,7 +162,6 @@ TRAINING: dict[str, dict[str, Any]] = {
         "lr_schedule": "cosine",
         "warmup_steps": 30,
         "foreground_share": 0.5,
-        "augment_profile": "strong",
         # statistics of plain crops for the saved model, not of the augmented batches
         "bn_recalibration": 4,
     },

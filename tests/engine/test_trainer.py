@@ -14,16 +14,9 @@ from stainadapt.engine.steps import opt_step
 from stainadapt.engine.trainer import Trainer, resume, train
 from stainadapt.errors import InputError, PluginError
 from stainadapt.runs import load_model
-from stainadapt.testing import make_domain
 
 TINY = dict(backbone="resnet18", image_size=64, batch_size=2, steps_per_epoch=1,
             pretrain_epochs=1, disc_epochs=1, adv_epochs=1, device="cpu", samples=1)
-
-
-@pytest.fixture(scope="module")
-def domains(tmp_path_factory):
-    root = tmp_path_factory.mktemp("domains")
-    return make_domain(root / "s", "source", n=5), make_domain(root / "t", "target", n=5)
 
 
 def _cfg(tmp_path, domains, **kw):
