@@ -95,11 +95,14 @@ def test_a_single_nan_step_is_only_skipped(tmp_path, tiny_domains, monkeypatch):
     assert load_state(tmp_path / "run" / "state.pt")["rollbacks"] == 0
 
 
-def test_gives_up_after_max_rollbacks_exit_1(tmp_path, tiny_domains, monkeypatch):
+@pytest.mark.parametrize("recipe", ["paper", "real"])
+def test_gives_up_after_max_rollbacks_exit_1(tmp_path, tiny_domains, monkeypatch, recipe):
+    """Rollbacks lower the learning rate; with an lr schedule they lower its base."""
     _nan_on(monkeypatch, start=3)  # every step from epoch 1 on
     s, _ = tiny_domains
     cfg = tmp_path / "run.toml"
     cfg.write_text(
+        f'recipe = "{recipe}"\n'
         f'source = "{s.as_posix()}"\nmode = "source-only"\nbackbone = "resnet18"\n'
         'image_size = 64\nbatch_size = 2\nsteps_per_epoch = 2\npretrain_epochs = 1\n'
         'adv_epochs = 2\nsamples = 0\ndevice = "cpu"\namp = "off"\n'
@@ -115,7 +118,12 @@ def test_gives_up_after_max_rollbacks_exit_1(tmp_path, tiny_domains, monkeypatch
     assert [r.get("event", r.get("phase")) for r in rows] == ["seg", "rollback", "rollback"]
     state = _finite_state(run)
     assert state["epoch"] == 1 and state["rollbacks"] == 2
-    assert state["opt_g"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.01)
+    group = state["opt_g"]["param_groups"][0]
+    if recipe == "paper":
+        assert group["lr"] == pytest.approx(1e-3 * 0.01) and "base_lr" not in group
+    else:  # the schedule scales the lowered base at every step
+        assert group["base_lr"] == pytest.approx(1e-3 * 0.01)
+        assert 0 < group["lr"] <= group["base_lr"]
 
 
 def test_non_finite_weights_roll_back_and_are_never_written(tmp_path, tiny_domains,
