@@ -162,8 +162,10 @@ TRAINING: dict[str, dict[str, Any]] = {
         "lr_schedule": "cosine",
         "warmup_steps": 30,
         "foreground_share": 0.5,
-        # statistics of plain crops for the saved model, not of the augmented batches
-        "bn_recalibration": 4,
+        # every image normalised by its own statistics: running BatchNorm statistics of
+        # one biopsy's tiles do not fit another's (docs/experiments.md)
+        "norm": "instance",
+        "augment_profile": "strong",
     },
 }
 DEFAULT_TRAINING = "real"

@@ -57,8 +57,9 @@ def train(
         help="Epochs per self-training round (12).", rich_help_panel=_SCHED)] = None,
     recipe: Annotated[str | None, typer.Option(
         help="Named recipe the other settings start from: real (small real data sets: "
-        "Dice + BCE, warm-up + cosine lr, glomerulus-centred crops) or paper (the paper's "
-        "plain recipe). A config file and flags override it.")] = None,
+        "instance normalisation, Dice + BCE, warm-up + cosine lr, glomerulus-centred "
+        "crops, strong augmentation) or paper (the paper's plain recipe). A config file "
+        "and flags override it.")] = None,
     steps: Annotated[int | None, typer.Option(
         help="G-alone optimiser steps (s0) as one number: pretrain epochs = steps / "
         "steps per epoch.", rich_help_panel=_SCHED)] = None,

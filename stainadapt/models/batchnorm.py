@@ -41,6 +41,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     Returns the number of batches seen (0 leaves the statistics as they were).
     """
     layers = batchnorm_layers(model)
+    if not layers:  # per-sample normalisation: nothing to estimate
+        return 0
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(),
               m.momentum) for m in layers]
     for m in layers:
