@@ -165,7 +165,6 @@ TRAINING: dict[str, dict[str, Any]] = {
         # every image normalised by its own statistics: running BatchNorm statistics of
         # one biopsy's tiles do not fit another's (docs/experiments.md)
         "norm": "instance",
-        "augment_profile": "strong",
     },
 }
 DEFAULT_TRAINING = "real"

@@ -58,8 +58,8 @@ def train(
     recipe: Annotated[str | None, typer.Option(
         help="Named recipe the other settings start from: real (small real data sets: "
         "instance normalisation, Dice + BCE, warm-up + cosine lr, glomerulus-centred "
-        "crops, strong augmentation) or paper (the paper's plain recipe). A config file "
-        "and flags override it.")] = None,
+        "crops) or paper (the paper's plain recipe). A config file and flags override "
+        "it.")] = None,
     steps: Annotated[int | None, typer.Option(
         help="G-alone optimiser steps (s0) as one number: pretrain epochs = steps / "
         "steps per epoch.", rich_help_panel=_SCHED)] = None,
