@@ -38,7 +38,10 @@ SELECTS = ("last", "source", "target")
 AMPS = ("auto", "bf16", "off")
 LR_SCHEDULES = ("constant", "cosine", "poly")  # engine/lr_schedule.py
 AUGMENT_PROFILES = ("light", "strong")  # data/augment.py
-NORMS = ("batch", "group", "instance")  # models/batchnorm.py
+# G's normalisation layers (models/batchnorm.py): BatchNorm, GroupNorm over up to 32 groups,
+# or instance normalisation (one group per channel); the last two use each image's own
+# statistics
+NORMS = ("batch", "group", "instance")
 ADV_LOSSES = ("minimax", "flip")  # G's adversarial term, see engine/losses.py
 
 

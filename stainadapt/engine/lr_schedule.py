@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["LR_SCHEDULES", "lr_factor", "set_lr", "GeneratorLR"]
+from ..config import LR_SCHEDULES
 
-LR_SCHEDULES = ("constant", "cosine", "poly")
+__all__ = ["LR_SCHEDULES", "lr_factor", "GeneratorLR"]
 
 
 def lr_factor(step: int, total: int, schedule: str = "constant", warmup: int = 0) -> float:
@@ -35,16 +35,6 @@ def lr_factor(step: int, total: int, schedule: str = "constant", warmup: int = 0
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * t))
     return (1.0 - t) ** 0.9
-
-
-def set_lr(optimizer: object, base_lrs: list[float], factor: float) -> None:
-    """Set every parameter group's lr to its base lr times ``factor``.
-
-    ``base_lrs`` holds one base per group (groups may have their own, e.g. a smaller
-    learning rate for a pretrained encoder).
-    """
-    for group, base in zip(optimizer.param_groups, base_lrs, strict=True):  # type: ignore[attr-defined]
-        group["lr"] = base * factor
 
 
 class GeneratorLR:

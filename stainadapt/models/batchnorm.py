@@ -17,12 +17,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..config import NORMS
+
 __all__ = ["NORMS", "batchnorm_layers", "recalibrate_batchnorm", "replace_batchnorm"]
 
-#: Normalisation layers G can use: BatchNorm (batch statistics, running averages for
-#: prediction), GroupNorm over up to 32 groups, or instance normalisation (one group per
-#: channel, as nnU-Net): the last two normalise every image by itself.
-NORMS = ("batch", "group", "instance")
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
