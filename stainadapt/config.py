@@ -105,6 +105,9 @@ class TrainConfig:
     self_train_rounds: int = 0
     self_train_epochs: int = 12
     image_size: int = 256
+    # microns per pixel of the training tiles (None: not known); recorded in model.json
+    # so predict reads slides at the same resolution
+    mpp: float | None = None
     val_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"
@@ -198,6 +201,8 @@ class TrainConfig:
                 raise InputError("self_train_epochs must be >= 1 when self_train_rounds > 0")
         if self.image_size <= 0 or self.image_size % 32:
             raise InputError(f"image_size {self.image_size} must be a positive multiple of 32")
+        if self.mpp is not None and not (math.isfinite(self.mpp) and self.mpp > 0):
+            raise InputError(f"mpp must be a positive number of microns per pixel, got {self.mpp}")
         for name in ("pretrain_epochs", "disc_epochs", "adv_epochs", "steps_per_epoch",
                      "workers", "samples", "self_train_rounds", "self_train_epochs", "steps",
                      "warmup_steps", "bn_recalibration"):

@@ -5,8 +5,8 @@ A trained model is two files in the run folder, so ``predict`` needs nothing els
 * ``model.safetensors``: the state dict of :class:`~stainadapt.models.unet.SegmentationNet`
   (safetensors: no pickle, so loading a model from someone else runs no code);
 * ``model.json``: how to rebuild the network and use it (``backbone``, ``image_size``,
-  ``threshold``, ``decoder_channels``, ``normalizer``, ``stainadapt_version``, ``mode``,
-  ``discs``).
+  ``mpp`` (microns per pixel of the training tiles, or null), ``threshold``,
+  ``decoder_channels``, ``normalizer``, ``stainadapt_version``, ``mode``, ``discs``).
 
 Both are written atomically (:mod:`stainadapt.atomic`): a run killed mid-write leaves
 the old file or the new one, never half of one. ``model.safetensors`` is written before
@@ -133,6 +133,7 @@ def meta_defaults(model: Any) -> dict[str, Any]:
     return {
         "backbone": getattr(model, "backbone_name", None),
         "image_size": None,
+        "mpp": None,
         "threshold": 0.5,
         "decoder_channels": list(getattr(model, "decoder_channels", ()) or ()) or None,
         "norm": getattr(model, "norm", "batch"),

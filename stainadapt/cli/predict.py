@@ -48,7 +48,9 @@ def predict(
     min_tissue: Annotated[
         float,
         typer.Option(
-            "--min-tissue", help="Skip windows with less tissue than this fraction (0: never)."
+            "--min-tissue",
+            help="Skip windows with less tissue than this fraction (0: never); on slides, "
+            "tissue is the mask found on the slide's thumbnail.",
         ),
     ] = 0.01,
     overwrite: Annotated[
@@ -67,8 +69,8 @@ def predict(
         float | None,
         typer.Option(
             "--mpp",
-            help="Microns per pixel: areas in um2 and lengths in um (default: pixels).",
-            rich_help_panel=_OBJECTS,
+            help="Microns per pixel of inputs that record none: slides are then read at "
+            "the model's resolution, and objects measured in um/um2 (default: pixels).",
         ),
     ] = None,
     min_area: Annotated[
@@ -113,7 +115,10 @@ def predict(
         ),
     ] = 1.0,
 ) -> None:
-    """Predict masks: PNG for PNG/JPEG inputs, tiled TIFF for TIFF (large slides streamed).
+    """Predict masks: PNG for PNG/JPEG, pyramidal tiled TIFF for TIFF and slides.
+
+    Slides (SVS, NDPI, MRXS, SCN, BIF, large TIFFs) are streamed at the model's
+    resolution with glass skipped, and get a thumbnail in OUT/thumbnails (docs/slides.md).
 
     With --instances, also one object per glomerulus: GeoJSON polygons QuPath imports,
     a CSV of measurements per image and summary.csv (see docs/objects.md).
@@ -157,6 +162,7 @@ def predict(
             amp=amp,
             overwrite=overwrite,
             min_tissue=min_tissue,
+            mpp=mpp,
             progress=progress,
         )
         report = run_guarded(lambda: predict_paths(inputs, model, out, predict_options))
@@ -175,11 +181,27 @@ def predict(
         pct = 100.0 * report.tiles_skipped / report.tiles_total
         lines.append(f"skipped {report.tiles_skipped} of {report.tiles_total} windows as "
                      f"background glass ({pct:.1f}%)")
+    for path, slide in report.slides:
+        lines.append(_slide_line(path, slide))
     print_lines(lines, report.notes)
     objects = _write_objects(inputs, out, options, overwrite) if options is not None else None
     run_guarded(report.raise_for_failures)
     if objects is not None:
         run_guarded(objects.raise_for_failures)
+
+
+def _slide_line(path: Path, slide: Any) -> str:
+    """One line per slide: its resolution, the level and scale read, its tissue."""
+    mpp = f"{slide.mpp:g} um/px ({slide.mpp_source})" if slide.mpp else "no mpp"
+    read = f"level {slide.level}"
+    if abs(slide.downsample - slide.level_downsample) > 1e-3 * slide.downsample:
+        read += f" resampled to downsample {slide.downsample:.3g}"
+    tissue = ""
+    if slide.tissue_fraction is not None:
+        tissue = f", tissue {100 * slide.tissue_fraction:.1f}%"
+        if slide.tissue_mm2 is not None:
+            tissue += f" ({slide.tissue_mm2:.2f} mm2)"
+    return f"{path.name}: {mpp}, read at {read}{tissue}"
 
 
 def _write_objects(inputs: list[Path], out: Path, options: Any, overwrite: bool) -> Any:

@@ -86,6 +86,9 @@ def train(
         "group; e.g. 0.1 for a pretrained encoder).", rich_help_panel=_OPT)] = None,
     image_size: Annotated[int | None, typer.Option(
         help="Crop side in pixels (multiple of 32).", rich_help_panel=_DATA)] = None,
+    mpp: Annotated[float | None, typer.Option(
+        "--mpp", help="Microns per pixel of the training tiles: recorded in model.json so "
+        "predict reads slides at this resolution.", rich_help_panel=_DATA)] = None,
     val_fraction: Annotated[float | None, typer.Option(
         help="Seeded validation split per domain (0.2).", rich_help_panel=_DATA)] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
@@ -158,7 +161,7 @@ def train(
         "warmup_steps": warmup_steps, "encoder_lr_scale": encoder_lr_scale,
         "augment_profile": augment_profile, "foreground_share": foreground_share,
         "select_smoothing": select_smoothing, "bn_recalibration": bn_recalibration,
-        "image_size": image_size, "val_fraction": val_fraction, "seed": seed,
+        "image_size": image_size, "mpp": mpp, "val_fraction": val_fraction, "seed": seed,
         "device": device, "amp": amp, "workers": workers, "sync_bn": sync_bn,
         "select": select,
         "augment": augment, "stain_jitter": stain_jitter,

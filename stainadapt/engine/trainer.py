@@ -210,6 +210,7 @@ class Trainer:
         return {
             "backbone": self.cfg.backbone,
             "image_size": self.cfg.image_size,
+            "mpp": self.cfg.mpp,
             "threshold": self.cfg.threshold,
             "normalizer": norm,
             "mode": self.cfg.mode,

@@ -2,7 +2,8 @@
 
 * :mod:`.windows`: where the windows go, their Gaussian weight, the glass test;
 * :mod:`.predictor`: :class:`SlidingWindowPredictor`, band by band;
-* :mod:`.streaming`: TIFF slides read and written tile by tile;
+* :mod:`.streaming`: large images read band by band, masks written as pyramidal TIFFs;
+* :mod:`.slides`: whole slides at the model's resolution, tissue found on a thumbnail;
 * :mod:`.sharding`: one slide shared by the ranks of a torchrun job;
 * :mod:`.paths`: files and folders (``stainadapt predict``), :class:`PredictOptions`;
 * :mod:`.evaluate`: whole-image probabilities and Dice for validation.
@@ -16,11 +17,13 @@ from .paths import (
     PredictOptions,
     PredictReport,
     collect_inputs,
+    mask_suffix,
     predict_paths,
 )
 from .predictor import SlidingWindowPredictor, sliding_window_predict
 from .sharding import BandShards
-from .streaming import OUTPUT_TILE, predict_tiff_streamed
+from .slides import SlidePrediction, plan_slide, predict_slide
+from .streaming import OUTPUT_TILE, predict_rows_to_tiff, predict_tiff_streamed
 from .windows import gaussian_weight, window_starts, window_tissue_fraction
 
 __all__ = [
@@ -29,13 +32,18 @@ __all__ = [
     "BandShards",
     "PredictOptions",
     "PredictReport",
+    "SlidePrediction",
     "SlidingWindowPredictor",
     "collect_inputs",
     "evaluate_model",
     "gaussian_weight",
     "load_domain_images",
+    "mask_suffix",
+    "plan_slide",
     "predict_paths",
     "predict_probs",
+    "predict_rows_to_tiff",
+    "predict_slide",
     "predict_tiff_streamed",
     "sliding_window_predict",
     "window_starts",

@@ -1,10 +1,11 @@
 """Prediction of files and folders with a run folder's model: ``stainadapt predict``.
 
-Each input gets a mask in the output folder (PNG for PNG/JPEG, tiled TIFF for TIFF);
-TIFFs at least :attr:`PredictOptions.stream_min_pixels` large are streamed
-(:mod:`.streaming`). Under torchrun the files are dealt to the ranks and a streamed
-slide is shared by all of them (:class:`.sharding.BandShards`); every rank returns the
-whole job's :class:`PredictReport`.
+Each input gets a mask in the output folder (PNG for PNG/JPEG, tiled TIFF for TIFF and
+scanner slides). Slides (``.svs``, ``.ndpi``, ``.mrxs``...) and TIFFs at least
+:attr:`PredictOptions.stream_min_pixels` large are streamed at the model's resolution
+with glass skipped (:mod:`.slides`, :mod:`.streaming`). Under torchrun the files are
+dealt to the ranks and a streamed slide is shared by all of them
+(:class:`.sharding.BandShards`); every rank returns the whole job's :class:`PredictReport`.
 """
 
 from __future__ import annotations
@@ -20,18 +21,18 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..data.io import IMAGE_EXTS, image_shape, read_image, write_image
+from ..data.io import image_shape, read_image, write_image
 from ..data.overlay import draw_overlay
-from ..data.tiff import TiffReader
+from ..data.slides import READABLE_EXTS, SLIDE_EXTS
 from ..device import resolve_device
 from ..errors import InputError, RunFailure
 from ..runs import load_model, normalizer_from_meta
 from .predictor import SlidingWindowPredictor
 from .sharding import BandShards, file_owner
-from .streaming import predict_tiff_streamed
+from .slides import SlidePrediction, plan_slide, predict_slide
 
 __all__ = ["STREAM_MIN_PIXELS", "PredictOptions", "PredictReport", "collect_inputs",
-           "predict_paths"]
+           "mask_suffix", "predict_paths"]
 
 #: TIFF inputs with at least this many pixels are streamed instead of read whole.
 STREAM_MIN_PIXELS = 4096 * 4096
@@ -44,7 +45,9 @@ class PredictOptions:
     ``tile``/``threshold`` default to the run's ``image_size``/``threshold`` (model.json);
     ``normalize``/``reference`` fit a new normaliser instead of the run's own;
     ``probabilities`` and ``overlay`` write extra outputs; ``progress(path, done, total)``
-    is called after each row of windows.
+    is called after each row of windows. ``mpp`` is the resolution (um/px) of slides
+    whose file records none; ``min_tissue`` the fraction of a window that must be tissue
+    for it to run (0: every window runs).
     """
 
     tile: int | None = None
@@ -61,6 +64,7 @@ class PredictOptions:
     overwrite: bool = False
     min_tissue: float = 0.01
     stream_min_pixels: int = STREAM_MIN_PIXELS
+    mpp: float | None = None
     progress: Callable[[Path, int, int], None] | None = None
 
 
@@ -74,6 +78,7 @@ class PredictReport:
     tiles_total: int = 0
     tiles_skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    slides: list[tuple[Path, SlidePrediction]] = field(default_factory=list)
 
     def raise_for_failures(self) -> None:
         """Raise :class:`RunFailure` listing the inputs that could not be predicted."""
@@ -83,17 +88,36 @@ class PredictReport:
             raise RunFailure(f"{len(self.failed)} of {n} inputs could not be predicted:\n{lines}")
 
 
+def _mrxs_of(folder: Path) -> Path | None:
+    """The ``NAME.mrxs`` beside a 3DHistech data folder ``NAME``, if any."""
+    for candidate in folder.parent.glob(f"{folder.name}.*"):
+        if candidate.suffix.lower() == ".mrxs" and candidate.is_file():
+            return candidate
+    return None
+
+
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given, plus the image files (by suffix, sorted, not hidden) of folders."""
+    """Files as given, plus the image and slide files (by suffix, sorted, not hidden) of
+    folders.
+
+    An MRXS slide is a file and a folder of the same name: the folder is part of the
+    slide, never scanned (given itself, it stands for its ``.mrxs`` file).
+    """
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
+            mrxs = _mrxs_of(path)
+            if mrxs is not None:
+                files.append(mrxs)
+                continue
             files.extend(
                 sorted(
                     p
                     for p in path.iterdir()
-                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
+                    if p.is_file()
+                    and not p.name.startswith(".")
+                    and p.suffix.lower() in READABLE_EXTS
                 )
             )
         elif path.exists():
@@ -102,7 +126,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
             raise InputError(f"{path}: no such file or folder")
     if not files:
         raise InputError(
-            f"no images in {', '.join(str(i) for i in inputs)} (looked for {', '.join(IMAGE_EXTS)})"
+            f"no images in {', '.join(str(i) for i in inputs)} "
+            f"(looked for {', '.join(READABLE_EXTS)})"
         )
     seen: dict[str, Path] = {}
     clashes = []
@@ -119,6 +144,16 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
+
+
+def _is_slide(path: Path) -> bool:
+    return path.suffix.lower() in SLIDE_EXTS
+
+
+def mask_suffix(path: str | Path) -> str:
+    """Suffix of the mask ``predict`` writes for input ``path``: ``.tif`` or ``.png``."""
+    path = Path(path)
+    return ".tif" if _is_tiff(path) or _is_slide(path) else ".png"
 
 
 def _load_normalizer(spec: str | None, reference: str | Path | None, meta: dict[str, Any]):
@@ -145,9 +180,11 @@ def predict_paths(
     ``options`` (default :class:`PredictOptions`), with any of its fields given as
     keywords on top (``predict_paths(inputs, run, out, tile=512, tta=True)``).
     Writes ``OUT/<stem>.png`` (0/255) for PNG/JPEG inputs and ``OUT/<stem>.tif`` for
-    TIFF inputs; with ``probabilities`` also ``OUT/probabilities/<stem>.<ext>`` (uint8,
-    probability x 255); with ``overlay`` ``OUT/overlays/<stem>.png`` (not for streamed
-    slides). Outputs that exist are kept unless ``overwrite``, so a rerun resumes.
+    TIFF and slide inputs (streamed ones: pyramidal, level-0 size, with
+    ``OUT/thumbnails/<stem>.png``); with ``probabilities`` also
+    ``OUT/probabilities/<stem>.<ext>`` (uint8, probability x 255); with ``overlay``
+    ``OUT/overlays/<stem>.png`` (not for streamed slides, which have their thumbnail).
+    Outputs that exist are kept unless ``overwrite``, so a rerun resumes.
     A file that fails is recorded in the report and the others go on; call
     :meth:`PredictReport.raise_for_failures` afterwards.
     """
@@ -183,11 +220,12 @@ def _predict_files(
         net, tile, opts.overlap, batch_size=opts.batch_size, device=dev, amp=opts.amp,
         tta=opts.tta, normalizer=normalizer, min_tissue=opts.min_tissue,
     )  # fmt: skip
+    model_mpp = _model_mpp(meta)
     progress = opts.progress
     out.mkdir(parents=True, exist_ok=True)
     report = PredictReport()
     for index, path in enumerate(files):
-        suffix = ".tif" if _is_tiff(path) else ".png"
+        suffix = mask_suffix(path)
         mask_path = out / f"{path.stem}{suffix}"
         prob_path = out / "probabilities" / f"{path.stem}{suffix}" if opts.probabilities else None
         wanted = [mask_path] + ([prob_path] if prob_path else [])
@@ -200,7 +238,9 @@ def _predict_files(
                 shape = image_shape(path)
             except Exception as exc:
                 shape_error = exc
-        streamed = shape is not None and shape[0] * shape[1] >= opts.stream_min_pixels
+        streamed = _is_slide(path) or (
+            shape is not None and shape[0] * shape[1] >= opts.stream_min_pixels
+        )
         shared = world > 1 and streamed
         if world > 1 and not shared and file_owner(index, world) != rank:
             continue  # another rank's file
@@ -221,21 +261,17 @@ def _predict_files(
             if shape_error is not None:
                 raise shape_error
             if shared and rank != 0:
-                assert shape is not None
-                _serve_streamed(predictor, path, shape, BandShards(rank, world, dev))
+                _serve_slide(predictor, path, model_mpp, opts.mpp, BandShards(rank, world, dev))
                 continue
             if streamed:
-                if prob_path is not None:
-                    prob_path.parent.mkdir(parents=True, exist_ok=True)
                 shard = BandShards(rank, world, dev) if shared else None
-                try:
-                    predict_tiff_streamed(predictor, path, mask_path, threshold, prob_path,
-                                          step, shard)
-                except Exception:
-                    if shard is not None and shape is not None:  # e.g. it did not open here
-                        shard.drain(predictor.group_sizes(shape), predictor.tile)
-                    raise
-                if opts.overlay:
+                result = _predict_slide_file(
+                    predictor, path, out, mask_path, prob_path, threshold, step, shard,
+                    model_mpp, opts.mpp,
+                )  # fmt: skip
+                report.notes.extend(result.notes)
+                report.slides.append((path, result))
+                if opts.overlay and result.thumbnail is None:
                     report.notes.append(f"{path.name}: no overlay for a streamed slide")
             else:
                 image = read_image(path)
@@ -259,17 +295,68 @@ def _predict_files(
     return report
 
 
-def _serve_streamed(predictor: SlidingWindowPredictor, path: Path, shape: tuple[int, int],
-                    shard: BandShards) -> None:
-    """A non-zero rank's part of a shared slide: compute its bands, send them to rank 0."""
+def _model_mpp(meta: dict[str, Any]) -> float | None:
+    """The resolution a model was trained at (model.json ``mpp``), if it records one."""
+    value = meta.get("mpp")
     try:
-        reader = TiffReader(path)
+        mpp = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return mpp if mpp is not None and mpp > 0 else None
+
+
+def _predict_slide_file(
+    predictor: SlidingWindowPredictor, path: Path, out: Path, mask_path: Path,
+    prob_path: Path | None, threshold: float, step: Callable[[int, int], None],
+    shard: BandShards | None, model_mpp: float | None, fallback_mpp: float | None,
+) -> SlidePrediction:
+    """Rank 0's part of a streamed slide: plan it, tell the other ranks its size, predict.
+
+    The other ranks (:func:`_serve_slide`) learn the size of the image the windows run
+    on (or ``None``: it did not open) before they open the slide themselves.
+    """
+    plan, error = None, None
+    try:
+        plan = plan_slide(path, model_mpp, fallback_mpp)
+    except Exception as exc:
+        error = exc
+    if shard is not None:
+        distributed.broadcast_object(plan.reader.shape if plan is not None else None)
+    if plan is None:
+        assert error is not None
+        raise error
+    try:
+        if prob_path is not None:
+            prob_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return predict_slide(
+                predictor, plan, mask_path, threshold, prob_path, step, shard,
+                thumbnail_path=out / "thumbnails" / f"{path.stem}.png",
+            )  # fmt: skip
+        except Exception:
+            if shard is not None:  # receive what the other ranks still send
+                shard.drain(predictor.group_sizes(plan.reader.shape), predictor.tile)
+            raise
+    finally:
+        plan.close()
+
+
+def _serve_slide(predictor: SlidingWindowPredictor, path: Path, model_mpp: float | None,
+                 fallback_mpp: float | None, shard: BandShards) -> None:
+    """A non-zero rank's part of a shared slide: compute its bands, send them to rank 0."""
+    shape = distributed.broadcast_object(None)
+    if shape is None:
+        return  # it did not open on rank 0, which reports it
+    try:
+        plan = plan_slide(path, model_mpp, fallback_mpp)
     except Exception:
         with contextlib.suppress(RuntimeError):  # answer every group "failed"
             predictor.serve_rows(None, shape, shard)
         raise  # the open error itself is this rank's reason
-    with reader:
-        predictor.serve_rows(reader, reader.shape, shard)
+    try:
+        predictor.serve_rows(plan.reader, shape, shard)
+    finally:
+        plan.close()
 
 
 def _merge_reports(parts: list[PredictReport], files: list[Path]) -> PredictReport:
@@ -294,4 +381,5 @@ def _merge_reports(parts: list[PredictReport], files: list[Path]) -> PredictRepo
     merged.tiles_total = sum(r.tiles_total for r in parts)
     merged.tiles_skipped = sum(r.tiles_skipped for r in parts)
     merged.notes = [n for r in parts for n in r.notes]
+    merged.slides = sorted((s for r in parts for s in r.slides), key=lambda item: key(item[0]))
     return merged

@@ -181,9 +181,21 @@ class SlidingWindowPredictor:
 
     def _read_group(
         self, reader: Any, group: list[int], xs: list[int], wp: int
-    ) -> tuple[np.ndarray, list[bool]]:
-        """The (padded) pixels under one group, and per window (row-major) "skip: glass"."""
+    ) -> tuple[np.ndarray | None, list[bool]]:
+        """The (padded) pixels under one group, and per window (row-major) "skip: glass".
+
+        A reader with ``tissue_fraction(y, x, side)`` (a slide with a tissue map) decides
+        which windows hold tissue; a group of glass only is then not read at all (the
+        block is ``None``). Otherwise each window's pixels are tested
+        (:func:`.windows.window_tissue_map`).
+        """
         t = self.tile
+        judge = getattr(reader, "tissue_fraction", None) if self.min_tissue > 0 else None
+        judged: list[bool] | None = None
+        if judge is not None:
+            judged = [judge(y, x, t) < self.min_tissue for y in group for x in xs]
+            if all(judged):
+                return None, judged
         height = reader.shape[0]
         y_first, y_last = group[0], group[-1]
         block = reader.read_rows(y_first, min(y_last + t, height))
@@ -194,6 +206,8 @@ class SlidingWindowPredictor:
                 ((0, rows - block.shape[0]), (0, wp - block.shape[1]), (0, 0)),
                 mode="symmetric",
             )
+        if judged is not None:
+            return block, judged
         stride = 4 if t >= 64 else 1
         tissue = window_tissue_map(block, stride) if self.min_tissue > 0 else None
         skipped = []
@@ -208,10 +222,10 @@ class SlidingWindowPredictor:
         return block, skipped
 
     def _group_probs(
-        self, block: np.ndarray, keep: list[tuple[int, int]], y_first: int
+        self, block: np.ndarray | None, keep: list[tuple[int, int]], y_first: int
     ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
         """``(windows, probabilities)`` batch by batch for the kept windows of a group."""
-        if not keep:
+        if not keep or block is None:
             return
         t = self.tile
         block_t = torch.from_numpy(np.require(block, requirements=["C", "W"]))

@@ -5,12 +5,17 @@ same for a one-process run and a torchrun job, and for a rerun that kept existin
 masks. Per input ``NAME`` it reads ``OUT/NAME.png`` (or ``OUT/NAME.tif``) and, when
 present, ``OUT/probabilities/NAME.*`` (for the mean probability), and writes
 ``OUT/NAME.geojson`` and ``OUT/NAME.csv``; then ``OUT/summary.csv`` over every input
-that has a CSV. TIFF masks go through :func:`.tiled.objects_from_tiff` (bounded
-memory, objects merged across tile borders); PNG masks are read whole.
+that has a CSV. A slide mask records the slide's mpp (resolution tags) and tissue area
+(:func:`stainadapt.inference.slides.read_mask_info`): its objects are measured with that
+mpp rather than ``--mpp``, and its summary row adds ``tissue_mm2`` and
+``glomeruli_per_mm2`` (count per mm² of tissue). TIFF masks go through
+:func:`.tiled.objects_from_tiff` (bounded memory, objects merged across tile borders);
+PNG masks are read whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +89,8 @@ def write_prediction_objects(
     that cannot be read is listed in ``failed`` and the others go on
     (:meth:`ObjectsReport.raise_for_failures`).
     """
-    from ..inference import collect_inputs
+    from ..inference import collect_inputs, mask_suffix
+    from ..inference.slides import read_mask_info
 
     files = collect_inputs(inputs)
     clash = [f for f in files if f.stem == Path(SUMMARY_NAME).stem]
@@ -95,14 +101,21 @@ def write_prediction_objects(
     out = Path(out)
     report = ObjectsReport()
     csvs: list[Path] = []
+    tissue: dict[Path, float] = {}
     for path in files:
-        suffix = ".tif" if path.suffix.lower() in (".tif", ".tiff") else ".png"
+        suffix = mask_suffix(path)
         mask_path = out / f"{path.stem}{suffix}"
         if not mask_path.exists():
             report.missing_masks.append(path)
             continue
+        info = read_mask_info(mask_path) if suffix == ".tif" else {}
+        own = options
+        if isinstance(info.get("mpp"), float):  # the slide's own resolution wins
+            own = dataclasses.replace(options, mpp=info["mpp"])
         geojson, table = out / f"{path.stem}.geojson", out / f"{path.stem}.csv"
         csvs.append(table)
+        if isinstance(info.get("tissue_mm2"), float):
+            tissue[table] = info["tissue_mm2"]
         fresh = all(
             p.exists() and p.stat().st_mtime_ns >= mask_path.stat().st_mtime_ns
             for p in (geojson, table)
@@ -115,10 +128,10 @@ def write_prediction_objects(
         notes: list[str] = []
         try:
             objects = objects_for_mask(
-                mask_path, out / "probabilities" / f"{path.stem}{suffix}", options, notes
+                mask_path, out / "probabilities" / f"{path.stem}{suffix}", own, notes
             )
-            write_geojson(geojson, objects, path.stem, options.mpp, options.class_name)
-            write_csv(table, objects, options.mpp)
+            write_geojson(geojson, objects, path.stem, own.mpp, own.class_name)
+            write_csv(table, objects, own.mpp)
         except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # one bad mask
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if isinstance(exc, InputError):
@@ -131,5 +144,12 @@ def write_prediction_objects(
         report.objects += len(objects)
     csvs = [c for c in csvs if c.exists()]
     if csvs:
-        report.summary = write_summary(out / SUMMARY_NAME, [read_summary_row(c) for c in csvs])
+        rows = []
+        for c in csvs:
+            row = read_summary_row(c)
+            if c in tissue:
+                row["tissue_mm2"] = tissue[c]
+                row["glomeruli_per_mm2"] = row["count"] / tissue[c] if tissue[c] > 0 else None
+            rows.append(row)
+        report.summary = write_summary(out / SUMMARY_NAME, rows)
     return report
