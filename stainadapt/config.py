@@ -277,7 +277,7 @@ def _check_type(key: str, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InputError(f"{where}: {key} must be an integer, got {value!r}")
         return value
-    if isinstance(expected, float):
+    if isinstance(expected, float) or (expected is None and "float" in annotation):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(f"{where}: {key} must be a number, got {value!r}")
         return float(value)

@@ -62,8 +62,19 @@ def test_flags_override_file(tmp_path):
         ({"source": "s", "mode": "source-only", "normalize": "macenko"}, "go together"),
         ({"source": "s", "mode": "source-only", "acquisition_jitter": -1.0},
          "acquisition_jitter must be >= 0"),
+        ({"source": "s", "mode": "source-only", "mpp": 0.0}, "mpp must be a positive"),
     ],
 )
 def test_validation_errors(values, match):
     with pytest.raises(InputError, match=match):
         resolve_config(None, values)
+
+
+def test_mpp_is_a_number_or_unset(tmp_path):
+    cfg = resolve_config(None, {"source": "s", "mode": "source-only", "mpp": 0.5})
+    assert cfg.mpp == 0.5
+    assert resolve_config(None, {"source": "s", "mode": "source-only"}).mpp is None
+    path = tmp_path / "c.toml"
+    path.write_text('mpp = "fine"\n')
+    with pytest.raises(InputError, match="mpp must be a number"):
+        load_toml(path)

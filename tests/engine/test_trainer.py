@@ -216,3 +216,13 @@ def test_init_starts_g_from_another_run(tmp_path, domains):
                      init=str(tmp_path / "base")))
     with pytest.raises(InputError, match="model.safetensors"):
         Trainer(_cfg(tmp_path, domains, mode="uda", discs=["shape"], init=str(tmp_path)))
+
+
+def test_tile_mpp_goes_into_model_json(tmp_path, domains):
+    """train --mpp: model.json records the tiles' resolution (null when not given)."""
+    from stainadapt.runs import read_meta
+
+    train(_cfg(tmp_path, domains, mode="source-only", mpp=0.5))
+    assert read_meta(tmp_path / "run")["mpp"] == 0.5
+    train(_cfg(tmp_path, domains, mode="source-only", out=str(tmp_path / "plain")))
+    assert read_meta(tmp_path / "plain")["mpp"] is None

@@ -228,3 +228,18 @@ def test_instances_use_the_slide_mpp_and_tissue(tmp_path, slide_image, stand_in)
     assert float(row["mean_area_um2"]) == pytest.approx(area, rel=0.05)
     assert float(row["glomeruli_per_mm2"]) == pytest.approx(
         len(REAL) / float(row["tissue_mm2"]), rel=1e-3)
+
+
+def test_folder_scan_takes_slides_and_an_mrxs_once(tmp_path):
+    from stainadapt.inference import collect_inputs, mask_suffix
+
+    folder = tmp_path / "in"
+    (folder / "scan").mkdir(parents=True)
+    (folder / "scan" / "Slidedat.ini").write_text("[GENERAL]\n")
+    (folder / "scan" / "Data0000.dat").write_bytes(b"\0")
+    for name in ("scan.mrxs", "a.svs", "b.ndpi", "c.tif", "notes.txt"):
+        (folder / name).write_bytes(b"\0")
+    names = [p.name for p in collect_inputs([folder])]
+    assert names == ["a.svs", "b.ndpi", "c.tif", "scan.mrxs"]
+    assert [p.name for p in collect_inputs([folder / "scan"])] == ["scan.mrxs"]
+    assert {mask_suffix(p) for p in collect_inputs([folder])} == {".tif"}
