@@ -32,18 +32,20 @@ def write_svs(
     factors: Sequence[int] = (4,),
     tile: int = 256,
     associated: bool = True,
+    compression: str = "zlib",
 ) -> Path:
     """Write ``image`` ``(H, W, 3) uint8`` as an Aperio-style slide; return the path.
 
     Levels: ``image`` then one per ``factors`` entry (box-filtered). With ``associated``
     a thumbnail (second page, as Aperio places it), a label and a macro (red and blue
-    images, so a test sees if one is ever read as tissue).
+    images, so a test sees if one is ever read as tissue). ``compression``: any tifffile
+    codec OpenSlide also decodes (``"zlib"``, ``"jpeg"`` as scanners write).
     """
     import tifffile
 
     path = Path(path)
     h, w = image.shape[:2]
-    fields = [f"{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) zlib"]
+    fields = [f"{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) {compression}"]
     if power is not None:
         fields.append(f"AppMag = {power:g}")
     if mpp is not None:
@@ -51,13 +53,13 @@ def write_svs(
     head = "Aperio Image Library v12.0.0 \r\n"
     opts = {"photometric": "rgb", "metadata": None}
     with tifffile.TiffWriter(path) as tw:
-        tw.write(image, tile=(tile, tile), compression="zlib",
+        tw.write(image, tile=(tile, tile), compression=compression,
                  description=head + "|".join(fields), **opts)
         if associated:
             thumb = _reduce(image, max(1, max(h, w) // 256))
             tw.write(thumb, description=head + "thumbnail", **opts)
         for f in factors:
-            tw.write(_reduce(image, f), tile=(tile, tile), compression="zlib",
+            tw.write(_reduce(image, f), tile=(tile, tile), compression=compression,
                      description=head + f"level {f}", **opts)
         if associated:
             red = np.zeros((100, 200, 3), np.uint8)
