@@ -258,8 +258,10 @@ class SlideView:
         if cx1 <= cx0 or cy1 <= cy0:
             return np.full((h, w, 3), 255, dtype=np.uint8)
         src = self.slide._read_level(self.level, cx0, cy0, cx1 - cx0, cy1 - cy0)
-        # Beyond the slide the edge is repeated so the filter sees no artificial border.
-        src = np.pad(src, ((cy0 - ly0, ly1 - cy1), (cx0 - lx0, lx1 - cx1), (0, 0)), mode="edge")
+        pads = ((cy0 - ly0, ly1 - cy1), (cx0 - lx0, lx1 - cx1), (0, 0))
+        if any(a or b for a, b in pads):
+            # Beyond the slide the edge is repeated so the filter sees no artificial border.
+            src = np.pad(src, pads, mode="edge")
         box = (ax0 - lx0, ay0 - ly0, ax1 - lx0, ay1 - ly0)
         image = Image.fromarray(np.ascontiguousarray(src))
         out = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR, box=box))
@@ -326,8 +328,6 @@ class _TiffSlide(Slide):
     def __init__(self, path: Path, fallback_mpp: float | None) -> None:
         import tifffile
 
-        from .tiff import TiffReader
-
         super().__init__(path)
         self.vendor = "tiff"
         with tifffile.TiffFile(path) as tif:
@@ -338,9 +338,18 @@ class _TiffSlide(Slide):
             page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
             self.mpp, self.objective_power = _tiff_resolution(tif, page)
         self._readers: list[Any] = [None] * len(levels)
-        self._readers[0] = TiffReader(path, cache_segments=256)
-        h0, w0 = self._readers[0].shape
-        dims, downs, self._levels = [(w0, h0)], [1.0], [0]
+        self._levels = [0]
+        try:
+            self._pyramid(levels)
+        except BaseException:
+            self.close()
+            raise
+        self._finish(fallback_mpp)
+
+    def _pyramid(self, levels: list[Any]) -> None:
+        """Levels 0.. of the first series that are reduced copies of the one above."""
+        h0, w0 = self._reader(0).shape
+        dims, downs = [(w0, h0)], [1.0]
         for index, level in enumerate(levels[1:], start=1):
             axes, shp = level.axes, level.shape
             h, w = int(shp[axes.index("Y")]), int(shp[axes.index("X")])
@@ -350,16 +359,17 @@ class _TiffSlide(Slide):
             downs.append(((w0 / w) + (h0 / h)) / 2.0)
             self._levels.append(index)
         self.level_dimensions, self.level_downsamples = tuple(dims), tuple(downs)
-        self._finish(fallback_mpp)
 
     def _reader(self, level: int) -> Any:
         from .tiff import TiffReader
 
-        if self._readers[self._levels[level]] is None:
-            self._readers[self._levels[level]] = TiffReader(
-                self.path, cache_segments=256, level=self._levels[level]
-            )
-        return self._readers[self._levels[level]]
+        index = self._levels[level]
+        if self._readers[index] is None:
+            reader = TiffReader(self.path, cache_segments=256, level=index)
+            # Two rows of segments: bands read down the slide overlap by less than that.
+            reader.set_cache(max(256, 2 * reader.segments_per_row + 16))
+            self._readers[index] = reader
+        return self._readers[index]
 
     def _read_level(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         reader = self._reader(level)

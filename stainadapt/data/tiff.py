@@ -96,8 +96,16 @@ class TiffReader:
         self._row_starts = sorted(self._rows)
         #: Rows of one segment (a tile's height, or rows per strip).
         self.segment_rows = self._where[0][3] if self._where else self.shape[0]
+        #: Segments side by side in one row of segments (all samples).
+        self.segments_per_row = len(self._rows[self._row_starts[0]]) if self._rows else 0
         self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
         self._cache_segments = None if cache_segments is None else max(1, int(cache_segments))
+
+    def set_cache(self, segments: int) -> None:
+        """Keep the ``segments`` most recently used decoded segments (an LRU cache)."""
+        self._cache_segments = max(1, int(segments))
+        while len(self._cache) > self._cache_segments:
+            self._cache.popitem(last=False)
 
     def close(self) -> None:
         self._cache.clear()
