@@ -63,7 +63,7 @@ READABLE_EXTS = IMAGE_EXTS + SLIDE_EXTS
 MICRONS_AT_1X = 10.0
 #: Plausible microns per pixel; resolution tags outside are taken as unset.
 _MPP_RANGE = (0.01, 100.0)
-_BAND_ROWS = 512
+_BAND_BYTES = 2**22
 
 
 def mpp_from_power(power: float) -> float:
@@ -208,8 +208,12 @@ class Slide:
         view = self.view(d)
         h, w = view.shape
         out = np.empty((h, w, 3), dtype=np.uint8)
-        for y in range(0, h, _BAND_ROWS):
-            out[y : y + _BAND_ROWS] = view.read_rows(y, y + _BAND_ROWS)
+        # Bands of about _BAND_BYTES of the level read, whatever its width.
+        lw = self.level_dimensions[view.level][0]
+        rows = int(max(8, min(h, _BAND_BYTES // max(1.0, 4 * lw * view.downsample
+                                                    / view.level_downsample))))
+        for y in range(0, h, rows):
+            out[y : y + rows] = view.read_rows(y, y + rows)
         return out, d
 
 

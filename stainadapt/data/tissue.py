@@ -35,24 +35,52 @@ def tissue_mask(
     holes under ``max_hole`` pixels filled (thumbnail pixels).
     """
     from scipy import ndimage
-    from skimage.filters import threshold_otsu
 
     rgb = np.asarray(thumbnail)
     if rgb.size == 0:
         return np.zeros(rgb.shape[:2], dtype=bool)
-    hi = rgb.max(axis=2).astype(np.float32)
-    lo = rgb.min(axis=2).astype(np.float32)
-    sat = np.where(hi > 0, (hi - lo) * 255.0 / np.maximum(hi, 1.0), 0.0).astype(np.uint8)
-    sat = ndimage.median_filter(sat, size=3)
-    grey = ndimage.median_filter(rgb.mean(axis=2).astype(np.uint8), size=3)
-    s_cut = float(threshold_otsu(sat)) if sat.min() != sat.max() else 255.0
-    g_cut = float(threshold_otsu(grey)) if grey.min() != grey.max() else 0.0
+    # 16-bit integer arithmetic: a 2048 px thumbnail needs a few MiB, not floats' tens.
+    hi = rgb.max(axis=2).astype(np.uint16)
+    sat = (hi - rgb.min(axis=2)) * np.uint16(255) // np.maximum(hi, 1)
+    sat = ndimage.median_filter(sat.astype(np.uint8), size=3)
+    grey = rgb[..., 0].astype(np.uint16) + rgb[..., 1] + rgb[..., 2]
+    grey = ndimage.median_filter((grey // 3).astype(np.uint8), size=3)
+    s_cut = _otsu(sat) if sat.min() != sat.max() else 255.0
+    g_cut = _otsu(grey) if grey.min() != grey.max() else 0.0
     mask = (sat > max(s_cut, float(MIN_SATURATION))) | (grey <= min(g_cut, float(MAX_DARK_GREY)))
     if min_object > 1:
         mask = _drop_small(mask, min_object)
     if max_hole > 0:
         mask = ~_drop_small(~mask, max_hole + 1)
     return mask
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of a ``uint8`` array: foreground is ``> t`` (as scikit-image's).
+
+    The histogram is counted in row chunks, so no full-size integer copy is made.
+    """
+    counts = _bincount(values, 256)
+    levels = np.arange(256, dtype=np.float64)
+    w0 = np.cumsum(counts)[:-1].astype(np.float64)  # weight at or below each level
+    w1 = float(counts.sum()) - w0
+    s0 = np.cumsum(counts * levels)[:-1]
+    m0 = s0 / np.maximum(w0, 1)
+    m1 = (float((counts * levels).sum()) - s0) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(np.argmax(between))
+
+
+def _bincount(values: np.ndarray, length: int) -> np.ndarray:
+    """``np.bincount`` of a non-negative integer array, in chunks of 2**18 values.
+
+    ``np.bincount`` first copies its input as 64-bit integers; chunks keep that copy small.
+    """
+    counts = np.zeros(length, dtype=np.int64)
+    flat = values.reshape(-1)
+    for start in range(0, flat.size, 2**18):
+        counts += np.bincount(flat[start : start + 2**18], minlength=length)
+    return counts
 
 
 def _drop_small(mask: np.ndarray, min_pixels: int) -> np.ndarray:
@@ -62,8 +90,7 @@ def _drop_small(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     if n == 0:
         return mask
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_pixels
+    keep = _bincount(labels, n + 1) >= min_pixels
     keep[0] = False
     return keep[labels]
 
@@ -78,8 +105,8 @@ class TissueMap:
     def __post_init__(self) -> None:
         m = np.asarray(self.mask, dtype=bool)
         self.mask = m
-        self._sums = np.zeros((m.shape[0] + 1, m.shape[1] + 1), dtype=np.int64)
-        self._sums[1:, 1:] = m.cumsum(0).cumsum(1)
+        self._sums = np.zeros((m.shape[0] + 1, m.shape[1] + 1), dtype=np.int32)
+        self._sums[1:, 1:] = m.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32)
 
     @property
     def fraction(self) -> float:

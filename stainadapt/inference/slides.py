@@ -18,8 +18,8 @@ included) :func:`predict_slide`:
 3. **Output.** The mask, at level-0 size, as a pyramidal tiled TIFF
    (:func:`.streaming.predict_rows_to_tiff`) whose resolution tags carry the slide's mpp
    and whose ImageDescription records what was read (:func:`read_mask_info`); and
-   ``thumbnails/NAME.png``: the slide with the tissue outline (blue) and the predicted
-   mask (green outline, tinted).
+   ``thumbnails/NAME.png`` (the size of the mask's coarsest level): the slide with the
+   tissue outline (blue) and the predicted mask (green outline, tinted).
 """
 
 from __future__ import annotations
@@ -195,11 +195,12 @@ def _write_thumbnail(path: Path, plan: SlidePlan, smallest: np.ndarray) -> Path 
 
     if plan.thumbnail is None or plan.tissue is None or smallest.size == 0:
         return None
-    image = plan.thumbnail
-    h, w = image.shape[:2]
-    mask = np.asarray(Image.fromarray(smallest).resize((w, h), Image.Resampling.NEAREST))
-    picture = draw_overlay(image, plan.tissue.mask, colour=(0, 0, 255))
-    picture = draw_overlay(picture, mask >= 128, colour=(0, 200, 0), width=2, tint=0.35)
+    # The picture has the size of the mask's coarsest level (at most 1024 px a side).
+    h, w = smallest.shape
+    image = np.asarray(Image.fromarray(plan.thumbnail).resize((w, h), Image.Resampling.BOX))
+    tissue = Image.fromarray(plan.tissue.mask).resize((w, h), Image.Resampling.NEAREST)
+    picture = draw_overlay(image, np.asarray(tissue), colour=(0, 0, 255))
+    picture = draw_overlay(picture, smallest >= 128, colour=(0, 200, 0), width=2, tint=0.35)
     return write_image(path, picture)
 
 
