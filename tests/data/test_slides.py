@@ -152,3 +152,40 @@ def test_unknown_extension_and_missing_file(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         open_slide(tmp_path / "a.svs")
     assert ".mrxs" in SLIDE_EXTS
+
+
+def test_ome_tiff_resolution_and_a_72_dpi_tag_is_ignored(tmp_path, image):
+    import tifffile
+
+    ome = tmp_path / "o.ome.tif"
+    tifffile.imwrite(ome, image[:256, :256], photometric="rgb", tile=(128, 128),
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.44, "PhysicalSizeY": 0.44})
+    with open_slide(ome) as slide:
+        assert slide.mpp == pytest.approx(0.44)
+    dpi = tmp_path / "dpi.tif"
+    tifffile.imwrite(dpi, image[:64, :64], photometric="rgb", resolution=(72, 72),
+                     resolutionunit="INCH")
+    with open_slide(dpi) as slide:
+        assert slide.mpp is None
+
+
+def test_tissue_mask_finds_stain_not_glass():
+    from stainadapt.data.tissue import TissueMap, tissue_mask
+
+    rng = np.random.default_rng(0)
+    thumb = np.clip(rng.normal(238, 4, (200, 300, 3)), 0, 255).astype(np.uint8)  # glass
+    assert not tissue_mask(thumb).any()  # bare glass: its noise is not split in two
+    thumb[40:160, 30:150] = (210, 120, 170)  # a stained section...
+    thumb[90:95, 80:85] = 238  # ...with a small hole (filled)
+    thumb[10:13, 250:253] = (120, 40, 90)  # a speck of 9 px (removed)
+    thumb[150:190, 200:280] = 70  # a dark unstained object (kept: darker than glass)
+    mask = tissue_mask(thumb)
+    assert mask[41:159, 31:149].all() and not mask[10:13, 250:253].any()
+    assert mask[151:189, 201:279].all()
+    # the 3x3 median rounds off the corners of each rectangle (one pixel each)
+    assert 120 * 120 + 40 * 80 - 8 <= mask.sum() <= 120 * 120 + 40 * 80
+    tmap = TissueMap(mask, downsample=4.0)
+    assert tmap.box_fraction(140, 180, 580, 620) == 1.0  # level-0 box inside the section
+    assert tmap.box_fraction(0, 0, 100, 100) == 0.0
+    assert tmap.box_fraction(100, 100, 101, 101) == 0.0  # smaller than a mask pixel
+    assert tmap.area_mm2(0.5) == pytest.approx(mask.sum() * (4 * 0.5e-3) ** 2)
