@@ -210,6 +210,9 @@ def test_corrupt_slide_one_line_and_the_others_run(tmp_path, slide_image, stand_
     assert (out / "good.tif").exists() and not (out / "bad.tif").exists()
     bad = [line for line in result.output.splitlines() if "bad.svs" in line]
     assert len(bad) == 1 and "cannot read slide" in bad[0]
+    good = [line for line in result.output.splitlines() if line.startswith("good.svs:")]
+    assert good == [good[0]] and "1 um/px (file), read at level 0" in good[0]
+    assert "tissue" in good[0]
 
 
 def test_instances_use_the_slide_mpp_and_tissue(tmp_path, slide_image, stand_in):
