@@ -157,6 +157,7 @@ class _Pyramid:
         self._spools = [tempfile.TemporaryFile() for _ in self.shapes]  # noqa: SIM115
         self._sizes: list[list[int]] = [[] for _ in self.shapes]
         self._smallest: list[np.ndarray] = []
+        self._finished = False
 
     def _store(self, k: int, tiles: list[np.ndarray]) -> None:
         from imagecodecs import zlib_encode
@@ -185,7 +186,14 @@ class _Pyramid:
         self._feed(0, rows, last=False)
 
     def finish(self) -> None:
-        self._feed(0, np.zeros((0, self.shape[1]), np.uint8), last=True)
+        """Flush the partial rows and tiles of every level (once; later calls do nothing).
+
+        The TIFF writer calls it after level 0, from the thread that writes the file: a
+        tile generator is not resumed after its last tile, so it cannot finish the levels.
+        """
+        if not self._finished:
+            self._finished = True
+            self._feed(0, np.zeros((0, self.shape[1]), np.uint8), last=True)
 
     @property
     def smallest(self) -> np.ndarray:
@@ -221,8 +229,8 @@ def _write_tiled_tiff(
 ) -> None:
     """Write ``tiles`` (row-major, OUTPUT_TILE square, uint8) as a zlib tiled TIFF, atomically.
 
-    With ``pyramid`` its reduced levels follow level 0 (they are complete once the tile
-    iterator is exhausted); ``mpp`` sets the resolution tags (pixels per centimetre).
+    With ``pyramid`` (fed every level-0 row before the tile holding it is handed over)
+    its reduced levels follow level 0; ``mpp`` sets the resolution tags (pixels per centimetre).
     """
     import tifffile
 
@@ -243,6 +251,7 @@ def _write_tiled_tiff(
                      **common, **res(1.0))
             if pyramid is None:
                 return
+            pyramid.finish()
             for level_shape, scale, level_tiles in pyramid.pages():
                 tw.write(data=level_tiles, shape=level_shape, subfiletype=1, **common,
                          **res(scale))
@@ -399,11 +408,10 @@ def predict_rows_to_tiff(
             pyramid.push(m8)
             yield from tiler.push(m8)
         # The writer stops pulling after the last mask tile: finish the other file first.
-        if sink is not None and prob_tiler is not None and prob_pyramid is not None:
-            prob_pyramid.finish()
+        # (Each writer finishes its own pyramid; see _Pyramid.finish.)
+        if sink is not None and prob_tiler is not None:
             for tile in prob_tiler.finish():
                 sink.put(tile)
-        pyramid.finish()
         yield from tiler.finish()
 
     try:

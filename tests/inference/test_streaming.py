@@ -91,3 +91,36 @@ def test_interrupted_stream_leaves_no_partial_output(tmp_path, blob_net):
             pred, tmp_path / "s.tif", out / "m.tif", 0.5, out / "p.tif", progress=boom
         )
     assert list(out.iterdir()) == []  # neither the masks nor their temporary files
+
+
+def _halve(a: np.ndarray, binary: bool) -> np.ndarray:
+    """The 2x2 reduction of the pyramid (edge row/column repeated when odd)."""
+    a = a.astype(np.uint16)
+    if a.shape[0] % 2:
+        a = np.concatenate([a, a[-1:]])
+    if a.shape[1] % 2:
+        a = np.concatenate([a, a[:, -1:]], axis=1)
+    s = a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]
+    return np.where(s >= 510, 255, 0).astype(np.uint8) if binary else ((s + 2) // 4).astype(
+        np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(1280, 1100), (1101, 1333), (2100, 500)])
+def test_pyramid_levels_are_halvings_of_level_0(tmp_path, blob_net, shape):
+    """Whatever the height (a multiple of the tile or not, odd), every level is complete."""
+    from stainadapt.inference import predict_rows_to_tiff
+    from stainadapt.inference.predictor import ArrayRows
+    from stainadapt.inference.streaming import pyramid_shapes
+
+    img = blob_image(*shape, seed=4, n=25)
+    pred = SlidingWindowPredictor(blob_net, 128, 32, min_tissue=0)
+    smallest = predict_rows_to_tiff(pred, ArrayRows(img), tmp_path / "m.tif", 0.5,
+                                    tmp_path / "p.tif", mpp=0.5)
+    for name, binary in (("m.tif", True), ("p.tif", False)):
+        with tifffile.TiffFile(tmp_path / name) as tif:
+            levels = [lv.asarray() for lv in tif.series[0].levels]
+        assert [lv.shape for lv in levels] == [shape, *pyramid_shapes(shape)]
+        for above, below in zip(levels, levels[1:], strict=False):
+            np.testing.assert_array_equal(below, _halve(above, binary))
+        if binary:
+            np.testing.assert_array_equal(smallest, levels[-1])
