@@ -11,8 +11,8 @@ tiles from the regions known to be fully annotated, or random tissue tiles of an
 unlabelled slide (:mod:`stainadapt.data.tile_plan` gives the rules).
 
 ``OUT/tiles.json`` records the resolution (``mpp``), the tile size and, for every tile,
-its slide, annotation file, level-0 box ``[x, y, w, h]``, kind and foreground fraction;
-``train`` reads the resolution from it. Rerunning into the same folder keeps existing
+its slide, annotation file, level-0 box ``[x, y, w, h]``, kind and foreground fraction
+(the share of glomerulus pixels in its mask). Rerunning into the same folder keeps existing
 tiles (``overwrite`` redoes them); a folder holding tiles of another resolution or size,
 or labelled tiles when these are unlabelled (or the reverse), is refused.
 """
