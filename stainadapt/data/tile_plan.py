@@ -170,6 +170,9 @@ def plan_tiles(
             tiles.append(
                 PlannedTile(_clip(cx, side, width), _clip(cy, side, height), side, "glomerulus")
             )
+        if not tiles:
+            notes.append("no glomerulus annotated: no tiles (random tiles are "
+                         "--negatives per glomerulus tile)")
         wanted = int(math.floor(options.negatives * len(tiles) + 0.5))
         kind = "random"
         if options.fully_annotated:
@@ -179,7 +182,7 @@ def plan_tiles(
 
             region = unary_union(list(annotations.regions))
         else:
-            if wanted:
+            if wanted and tiles:
                 notes.append(
                     "no random tiles: no region of interest (class "
                     f"{options.roi_class!r}) and no --fully-annotated"

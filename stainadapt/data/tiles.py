@@ -37,7 +37,7 @@ from .annotations import (
     read_annotations,
     split_annotations,
 )
-from .tile_plan import TileOptions, plan_tiles, tissue_mask
+from .tile_plan import PlannedTile, TileOptions, plan_tiles, tissue_mask
 
 __all__ = [
     "SIDECAR",
@@ -256,6 +256,11 @@ def _tile_slide(
         except InputError as exc:
             raise InputError(f"{slide_path}: {exc}") from None
         report.notes.extend(f"{slide_path.name}: {n}" for n in notes)
+        if annotations is not None:  # the glomeruli near a tile, without a scan of all
+            from shapely import STRtree
+
+            glomeruli = list(annotations.glomeruli)
+            tree = STRtree(glomeruli)
         counts = {"glomerulus": 0, "random": 0, "unlabelled": 0, "existing": 0}
         seen: set[str] = set()
         for done, tile in enumerate(plan, start=1):
@@ -284,7 +289,8 @@ def _tile_slide(
             image = slide.read_at(tile.x, tile.y, tile.side, tile.side, options.mpp)
             image = _exact(image, options.size)
             if annotations is not None:
-                mask = rasterize(annotations.glomeruli, tile.box, (options.size, options.size))
+                near = [glomeruli[i] for i in tree.query(_shapely_box(tile))]
+                mask = rasterize(near, tile.box, (options.size, options.size))
                 entry["foreground"] = round(float(mask.mean()), 5)
                 write_image(mask_path, mask)
             write_image(image_path, image)
@@ -292,6 +298,12 @@ def _tile_slide(
             report.written.append(name)
             counts[tile.kind] += 1
         report.slides[str(slide_path)] = counts
+
+
+def _shapely_box(tile: PlannedTile) -> Any:
+    from shapely.geometry import box
+
+    return box(tile.x, tile.y, tile.x + tile.side, tile.y + tile.side)
 
 
 def _exact(image: np.ndarray, size: int) -> np.ndarray:
