@@ -56,10 +56,6 @@ __all__ = [
 #: Class pattern of regions of interest (QuPath's built-in region class is ``Region*``).
 DEFAULT_ROI_CLASS = "Region*"
 
-# Mask pixels: a centre on a polygon's left/top edge is inside, on its right/bottom edge
-# outside (see rasterize).
-_EDGE = 1e-6
-
 #: QuPath 0.2 names the object type by the feature's ``id`` (its Java class).
 _LEGACY_TYPES = {
     "PathAnnotationObject": "annotation",
@@ -321,8 +317,6 @@ def rasterize(
     on the polygon's left and top edges and outside on its right and bottom ones, so an
     axis-aligned rectangle on pixel corners gives exactly its area in pixels.
     """
-    from skimage.draw import polygon as fill
-
     x, y, w, h = (float(v) for v in box)
     rows, cols = int(shape[0]), int(shape[1])
     sx, sy = cols / w, rows / h
@@ -337,23 +331,35 @@ def rasterize(
         r1 = min(int(np.ceil((by1 - y) * sy)) + 1, rows)
         if c1 <= c0 or r1 <= r0:
             continue
-        local = np.zeros((r1 - r0, c1 - c0), dtype=bool)
-
-        def ring_pixels(ring: Any, _c0: int = c0, _r0: int = r0,
-                        _shape: tuple[int, int] = local.shape) -> tuple[np.ndarray, ...]:
+        rings = []
+        for ring in (poly.exterior, *poly.interiors):
             xy = np.asarray(ring.coords, dtype=np.float64)
-            # skimage fills pixels whose integer (r, c) lies inside or on the outline:
-            # shift by half a pixel, and by a hair more so that a centre exactly on an
-            # edge counts on one side only (half-open, as pixels tile the plane).
-            cc = (xy[:, 0] - x) * sx - 0.5 - _c0 - _EDGE
-            rr = (xy[:, 1] - y) * sy - 0.5 - _r0 - _EDGE
-            return fill(rr, cc, shape=_shape)
-
-        local[ring_pixels(poly.exterior)] = True
-        for hole in poly.interiors:
-            local[ring_pixels(hole)] = False
-        mask[r0:r1, c0:c1] |= local
+            rings.append(np.stack([(xy[:, 0] - x) * sx - c0, (xy[:, 1] - y) * sy - r0], 1))
+        mask[r0:r1, c0:c1] |= _even_odd_fill(rings, (r1 - r0, c1 - c0))
     return mask
+
+
+def _even_odd_fill(rings: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W) bool``: pixels whose centre ``(c + 0.5, r + 0.5)`` is inside the rings.
+
+    ``rings`` are closed ``(N, 2)`` ``(x, y)`` rings in pixel units (exterior and holes
+    of one polygon; the even-odd rule makes holes background). A scanline fill: each
+    edge crossing a row's centre line toggles inside/outside from the first pixel
+    whose centre is at or right of the crossing; edges are half-open in y. Vertices
+    may lie outside the window: crossings left of it still count.
+    """
+    rows, cols = shape
+    a = np.concatenate([r[:-1] for r in rings])
+    b = np.concatenate([r[1:] for r in rings])
+    yc = np.arange(rows, dtype=np.float64) + 0.5
+    lo, hi = np.minimum(a[:, 1], b[:, 1]), np.maximum(a[:, 1], b[:, 1])
+    row, edge = np.nonzero((lo[None, :] <= yc[:, None]) & (yc[:, None] < hi[None, :]))
+    t = (yc[row] - a[edge, 1]) / (b[edge, 1] - a[edge, 1])
+    xc = a[edge, 0] + t * (b[edge, 0] - a[edge, 0])
+    col = np.clip(np.ceil(xc - 0.5), 0, cols).astype(np.int64)
+    toggles = np.zeros((rows, cols + 1), dtype=np.int32)
+    np.add.at(toggles, (row, col), 1)
+    return (np.cumsum(toggles[:, :cols], axis=1) & 1).astype(bool)
 
 
 def annotation_centre(geom: Any, scale: float) -> tuple[float, float]:

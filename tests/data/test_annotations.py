@@ -171,3 +171,21 @@ def test_annotation_centre_is_inside_even_for_a_crescent():
     tiny = box(10, 10, 10.5, 10.5)
     x, y = annotation_centre(tiny, 0.5)
     assert tiny.contains(Point(x, y))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rasterize_matches_point_in_polygon_on_every_pixel_centre(seed):
+    import shapely
+
+    rng = np.random.default_rng(seed)
+    angles = np.sort(rng.uniform(0, 2 * np.pi, 40))
+    radii = rng.uniform(60, 140, 40)
+    star = Polygon(np.stack([300 + radii * np.cos(angles), 280 + radii * np.sin(angles)], 1))
+    shape_ = star.difference(Point(300, 280).buffer(30)).union(box(420.3, 50.7, 470.1, 90.2))
+    box_ = (150.5, 120.25, 330.0, 300.0)
+    mask = rasterize([shape_], box_, (97, 113))
+    cols = box_[0] + (np.arange(113) + 0.5) * box_[2] / 113
+    rows = box_[1] + (np.arange(97) + 0.5) * box_[3] / 97
+    xx, yy = np.meshgrid(cols, rows)
+    truth = shapely.contains_xy(shape_, xx, yy)
+    assert mask.sum() > 1000 and (mask == truth).all()
