@@ -279,6 +279,7 @@ def _tile_slide(
                 "annotations": None if ann_path is None else str(ann_path),
                 "box": [tile.x, tile.y, round(tile.side, 3), round(tile.side, 3)],
                 "slide_mpp": slide.mpp,
+                "slide_mpp_source": slide.mpp_source,
                 "kind": tile.kind,
             }
             if exists and not options.overwrite:
