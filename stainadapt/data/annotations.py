@@ -10,7 +10,8 @@ coordinates** of its slide (x right, y down, the pixel-corner convention of
   features without one are *unclassified*;
 * ``objectType``: ``"annotation"``, ``"detection"``, ``"cell"``, ...; QuPath 0.2 wrote
   the Java class as the feature's ``id`` instead (``PathAnnotationObject``), which is
-  read the same way.
+  read the same way. Annotations and detections are used alike; cells, tiles and TMA
+  cores (a project's cell detection, say) are skipped.
 
 ``Polygon`` and ``MultiPolygon`` geometries (with holes), and the polygons inside a
 ``GeometryCollection``, are read; points and lines are skipped (they outline nothing).
@@ -43,6 +44,7 @@ from ..errors import InputError
 
 __all__ = [
     "DEFAULT_ROI_CLASS",
+    "OBJECT_TYPES",
     "Annotation",
     "AnnotationSet",
     "annotation_centre",
@@ -55,6 +57,9 @@ __all__ = [
 
 #: Class pattern of regions of interest (QuPath's built-in region class is ``Region*``).
 DEFAULT_ROI_CLASS = "Region*"
+
+#: QuPath object types that may be glomeruli or regions (cells, tiles, TMA cores are not).
+OBJECT_TYPES = ("annotation", "detection")
 
 #: QuPath 0.2 names the object type by the feature's ``id`` (its Java class).
 _LEGACY_TYPES = {
@@ -251,11 +256,14 @@ def split_annotations(
 ) -> AnnotationSet:
     """Sort annotations into glomeruli and regions of interest by class pattern.
 
-    Regions: class matches ``roi_class`` (``None``: no regions). Glomeruli: every other
-    polygon, or with ``glomerulus_class`` only those whose class matches it. A pattern
-    that matches nothing while the file has classes is an :class:`InputError` listing
-    the classes found, since it is most likely a typo.
+    Only annotations and detections count (:data:`OBJECT_TYPES`): the cells, tiles and
+    TMA cores of a QuPath project are never glomeruli. Regions: class matches
+    ``roi_class`` (``None``: no regions). Glomeruli: every other polygon, or with
+    ``glomerulus_class`` only those whose class matches it. A pattern that matches
+    nothing is an :class:`InputError` listing the classes found, since it is most
+    likely a typo.
     """
+    annotations = [a for a in annotations if a.object_type in OBJECT_TYPES]
     regions = tuple(a.geometry for a in annotations if _matches(a.classification, roi_class))
     rest = [a for a in annotations if not _matches(a.classification, roi_class)]
     if glomerulus_class is None:

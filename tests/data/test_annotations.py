@@ -86,6 +86,8 @@ def test_classification_filter_and_regions():
         feature(SQUARE, cls="Tubule"),
         feature([[[0, 0], [900, 0], [900, 900], [0, 900], [0, 0]]], cls="Region*"),
         feature(SQUARE, cls=None),
+        feature(SQUARE, cls=None, kind="cell"),
+        feature(SQUARE, cls="Glomerulus", kind="tile"),
     ])
     every = split_annotations(anns)
     assert len(every.glomeruli) == 4 and len(every.regions) == 1
