@@ -98,6 +98,15 @@ def tiles(
             show_default=False,
         ),
     ] = None,
+    bounds_origin: Annotated[
+        bool,
+        typer.Option(
+            "--bounds-origin/--no-bounds-origin",
+            help="GeoJSON coordinates start at the scanned area's corner where OpenSlide "
+            "reports one (MRXS and a few other formats), as QuPath opens such slides; "
+            "--no-bounds-origin for tools that use the full slide's corner.",
+        ),
+    ] = True,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random tiles.")] = 0,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo tiles that exist in --out already.")
@@ -123,6 +132,7 @@ def tiles(
             tiles_per_slide=tiles_per_slide,
             min_tissue=min_tissue,
             slide_mpp=slide_mpp,
+            bounds_origin=bounds_origin,
             seed=seed,
             overwrite=overwrite,
         )

@@ -96,6 +96,17 @@ class AnnotationSet:
     glomeruli: tuple[Any, ...]
     regions: tuple[Any, ...]
 
+    def shifted(self, dx: float, dy: float) -> AnnotationSet:
+        """The same polygons moved by ``(dx, dy)`` level-0 pixels."""
+        if dx == 0 and dy == 0:
+            return self
+        from shapely.affinity import translate
+
+        def move(geoms: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(translate(g, xoff=dx, yoff=dy) for g in geoms)
+
+        return AnnotationSet(self.path, move(self.glomeruli), move(self.regions))
+
     def bounds(self) -> tuple[float, float, float, float] | None:
         """``(xmin, ymin, xmax, ymax)`` over every polygon, level-0 pixels (None: empty)."""
         geoms = [*self.glomeruli, *self.regions]

@@ -56,6 +56,10 @@ class TileOptions:
         tiles_per_slide: random tiles of an unlabelled slide.
         min_tissue: smallest tissue fraction of a random tile.
         slide_mpp: resolution of slides that record none.
+        bounds_origin: annotation coordinates start at the slide's scanned-area bounds
+            where OpenSlide reports them (``openslide.bounds-x``/``-y``, MRXS and a few
+            other formats), as QuPath opens such slides; ``False``: at the full slide's
+            corner.
         seed: random placement; a slide's tiles depend on the seed and its name only.
         overwrite: redo tiles that exist already.
     """
@@ -69,6 +73,7 @@ class TileOptions:
     tiles_per_slide: int = 50
     min_tissue: float = 0.5
     slide_mpp: float | None = None
+    bounds_origin: bool = True
     seed: int = 0
     overwrite: bool = False
 

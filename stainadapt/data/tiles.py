@@ -47,6 +47,7 @@ __all__ = [
     "cut_tiles",
     "pair_annotations",
     "read_sidecar",
+    "slide_origin",
 ]
 
 #: The record of a tile folder, beside ``images/`` and ``masks/``.
@@ -242,7 +243,9 @@ def _tile_slide(
                 f"{slide_path}: the slide records no resolution (mpp); give it with --slide-mpp"
             )
         width, height = slide.dimensions
+        origin = slide_origin(slide) if options.bounds_origin else (0, 0)
         if annotations is not None:
+            annotations = annotations.shifted(*origin)
             check_within(annotations, width, height, slide_path.name)
         side = options.size * slide.downsample_for(options.mpp)
         tissue, downsample = None, 1.0
@@ -280,6 +283,7 @@ def _tile_slide(
                 "box": [tile.x, tile.y, round(tile.side, 3), round(tile.side, 3)],
                 "slide_mpp": slide.mpp,
                 "slide_mpp_source": slide.mpp_source,
+                "annotation_origin": list(origin),
                 "kind": tile.kind,
             }
             if exists and not options.overwrite:
@@ -299,6 +303,30 @@ def _tile_slide(
             report.written.append(name)
             counts[tile.kind] += 1
         report.slides[str(slide_path)] = counts
+
+
+def slide_origin(slide: Any) -> tuple[int, int]:
+    """Level-0 ``(x, y)`` where QuPath puts its ``(0, 0)`` on this slide.
+
+    QuPath opens an OpenSlide slide cropped to the scanned area when OpenSlide reports
+    one (``openslide.bounds-x``/``-y``: MRXS, some others), so its coordinates start
+    there; everywhere else ``(0, 0)``. ``slide.bounds`` is used when the reader offers
+    it, else the OpenSlide properties.
+    """
+    bounds = getattr(slide, "bounds", None)
+    if bounds is not None:
+        return int(bounds[0]), int(bounds[1])
+    if getattr(slide, "backend", None) != "openslide":
+        return (0, 0)
+    import openslide
+
+    with openslide.OpenSlide(str(slide.path)) as osr:
+        props = osr.properties
+        try:
+            return (int(float(props.get("openslide.bounds-x", 0))),
+                    int(float(props.get("openslide.bounds-y", 0))))
+        except ValueError:
+            return (0, 0)
 
 
 def _shapely_box(tile: PlannedTile) -> Any:

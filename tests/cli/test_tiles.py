@@ -226,3 +226,30 @@ def test_unpaired_annotation_file_exits_2_before_writing(slides, tmp_path):
 def test_geojson_round_trip_of_the_fixture(slides):
     data = json.loads((slides / "case1.geojson").read_text())
     assert shape(data["features"][1]["geometry"]).equals(HOLED)
+
+
+def test_bounds_origin_moves_qupath_coordinates(slides, tmp_path, monkeypatch):
+    from shapely.affinity import translate
+
+    import stainadapt.data.tiles as tiles_mod
+    from stainadapt.data.slides import open_slide
+
+    with open_slide(slides / "case1.svs") as slide:  # an SVS has no scanned-area bounds
+        assert tiles_mod.slide_origin(slide) == (0, 0)
+    # QuPath's coordinates of a slide whose scanned area starts at (100, 60).
+    moved = translate(RECT, -100, -60)
+    (tmp_path / "case1.geojson").write_text(json.dumps([feature(moved, "Glomerulus")]))
+    monkeypatch.setattr(tiles_mod, "slide_origin", lambda slide: (100, 60))
+    args = [slides / "case1.svs", "-a", tmp_path / "case1.geojson", "--size", "128",
+            "--negatives", "0"]
+    assert run(*args, "--out", tmp_path / "a").exit_code == 0
+    (tile,) = record(tmp_path / "a")["tiles"]
+    assert tile["annotation_origin"] == [100, 60]
+    x, y, w, h = tile["box"]
+    assert box(x, y, x + w, y + h).contains(RECT)
+    mask = np.asarray(Image.open(tmp_path / "a" / "masks" / f"{tile['name']}.png"))
+    assert (mask > 0).sum() == RECT.area / 4
+    assert run(*args, "--out", tmp_path / "b", "--no-bounds-origin").exit_code == 0
+    (tile,) = record(tmp_path / "b")["tiles"]
+    assert tile["annotation_origin"] == [0, 0]
+    assert box(*tile["box"][:2], tile["box"][0] + 256, tile["box"][1] + 256).contains(moved)
