@@ -68,7 +68,7 @@ class TileReport:
     notes: list[str] = field(default_factory=list)
 
     def raise_for_failures(self) -> None:
-        """Raise :class:`RunFailure` listing the slides that gave no tiles."""
+        """Raise :class:`RunFailure` listing the slides that failed (one line each)."""
         if self.failed:
             n = len(self.failed) + len(self.slides)
             lines = "\n".join(f"  {line}" for line in self.failed)
