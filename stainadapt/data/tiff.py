@@ -4,7 +4,8 @@ One reader for every TIFF the library reads in pieces: slides streamed through t
 predictor (full-width row bands, converted to RGB) and the mask/probability TIFFs the
 object finder walks (rectangles of one channel). It handles tiled and striped pages,
 classic and BigTIFF, contiguous or planar samples, any compression tifffile/imagecodecs
-decode; for a pyramid it reads level 0 (full resolution) of the first series.
+decode; for a pyramid it reads level 0 (full resolution) of the first series, or the
+reduced level ``level`` asked for (the :mod:`stainadapt.data.slides` reader's levels).
 
 Interface (what a slide reader of another format provides too): ``shape`` ``(H, W)``,
 ``read_region(y0, y1, x0, x1) -> (h, w, S)`` in the file's dtype, ``read_rows(y0, y1) ->
@@ -51,7 +52,9 @@ class TiffReader:
     without image data or a volumetric one (ImageDepth > 1).
     """
 
-    def __init__(self, path: str | Path, cache_segments: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, cache_segments: int | None = None, level: int = 0
+    ) -> None:
         import tifffile
 
         self.path = Path(path)
@@ -60,8 +63,11 @@ class TiffReader:
             if not self._tif.series:
                 raise ValueError("no image data in TIFF")
             series = self._tif.series[0]
-            level = (getattr(series, "levels", None) or [series])[0]
-            page = level.keyframe if hasattr(level, "keyframe") else level.pages[0]
+            levels = getattr(series, "levels", None) or [series]
+            if not 0 <= level < len(levels):
+                raise ValueError(f"no level {level} in TIFF ({len(levels)} levels)")
+            chosen = levels[level]
+            page = chosen.keyframe if hasattr(chosen, "keyframe") else chosen.pages[0]
             if page is None:
                 raise ValueError("no image page in TIFF")
             if int(getattr(page, "imagedepth", 1) or 1) != 1:

@@ -12,13 +12,22 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["check_backbone", "check_discriminator", "check_normalizer", "make_domain"]
+__all__ = [
+    "check_backbone",
+    "check_discriminator",
+    "check_normalizer",
+    "make_domain",
+    "write_pyramidal_tiff",
+    "write_svs",
+]
 
 _WHERE = {
     "check_backbone": "stainadapt.testing.backbones",
     "check_discriminator": "stainadapt.testing.discriminators",
     "check_normalizer": "stainadapt.testing.normalizers",
     "make_domain": "stainadapt.testing.data",
+    "write_pyramidal_tiff": "stainadapt.testing.slides",
+    "write_svs": "stainadapt.testing.slides",
 }
 
 
