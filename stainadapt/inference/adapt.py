@@ -394,10 +394,12 @@ def apply_adapted_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
 
 def save_adapted_state(path: str | Path, state: dict[str, torch.Tensor],
                        metadata: dict[str, Any]) -> Path:
-    """Write ``state`` to a safetensors file atomically; ``metadata`` values as JSON."""
+    """Write ``state`` to a safetensors file atomically; ``metadata`` as one JSON entry."""
     from safetensors.torch import save_file
 
-    meta = {"format": _FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
+    # One metadata entry: safetensors writes several in no fixed order, and the same
+    # statistics should give the same bytes.
+    meta = {_FORMAT: json.dumps(metadata, sort_keys=True)}
     tensors = {k: v.contiguous() for k, v in sorted(state.items())}
     return atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
@@ -422,7 +424,11 @@ def read_adapted_state(path: str | Path, model: nn.Module
     except Exception as exc:
         raise InputError(f"{path}: not a safetensors statistics file "
                          f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
-    if raw_meta.get("format") != _FORMAT:
+    try:
+        meta = json.loads(raw_meta[_FORMAT])
+    except (KeyError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
         raise InputError(f"{path}: not a file of adapted statistics (written by predict "
                          "--adapt)")
     allowed = adapted_state(model, "tent")
@@ -440,12 +446,4 @@ def read_adapted_state(path: str | Path, model: nn.Module
         if tuple(value.shape) != tuple(allowed[key].shape):
             raise InputError(f"{path}: statistics do not fit this model ({key} has shape "
                              f"{tuple(value.shape)}, the model {tuple(allowed[key].shape)})")
-    meta: dict[str, Any] = {}
-    for k, v in raw_meta.items():
-        if k == "format":
-            continue
-        try:
-            meta[k] = json.loads(v)
-        except ValueError:
-            meta[k] = v
     return state, meta

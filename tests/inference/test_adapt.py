@@ -252,11 +252,11 @@ def test_bad_adapted_stats_is_one_line_exit_2(setup, tmp_path):
     junk.write_bytes(b"not a safetensors file")
     wrong = tmp_path / "wrong.safetensors"
     save_file({"decoder.nope.running_mean": torch.zeros(3)}, str(wrong),
-              metadata={"format": "stainadapt-adapted-stats"})
+              metadata={"stainadapt-adapted-stats": "{}"})
     net, _ = load_model(setup / "run")
     shapes = tmp_path / "shapes.safetensors"
     save_file({k: torch.zeros(v.numel() + 1) for k, v in adapted_state(net).items()},
-              str(shapes), metadata={"format": "stainadapt-adapted-stats"})
+              str(shapes), metadata={"stainadapt-adapted-stats": "{}"})
     for bad, why in ((junk, "not a safetensors"), (wrong, "do not fit"),
                      (shapes, "has shape"), (tmp_path / "missing.safetensors", "no such")):
         res = _predict(setup / "in", "--model", setup / "run", "--out", tmp_path / "o",
