@@ -191,10 +191,10 @@ def sample_windows(
 
     Positions: the ``tile`` windows that cover every file with the least overlap (files
     smaller than a tile padded as the predictor pads them), all files pooled, in an
-    order drawn from ``seed``; a window whose tissue fraction is below ``min_tissue`` is passed over.
-    Candidates are read in rounds, each file opened once per round. A file that cannot
-    be read is left out (its prediction reports why). Returns the windows and notes
-    (files left out; fewer windows than asked).
+    order drawn from ``seed``; a window whose tissue fraction is below ``min_tissue``
+    is passed over. Candidates are read in rounds, each file opened once per round. A
+    file that cannot be read is left out (its prediction reports why). Returns the
+    windows and notes (files left out; fewer windows than asked).
     """
     notes: list[str] = []
     sources: list[_Source] = []
