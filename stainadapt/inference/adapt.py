@@ -242,8 +242,8 @@ def sample_windows(
     if not kept:
         return np.zeros((0, tile, tile, 3), np.uint8), notes
     if len(kept) < count:
-        notes.append(f"adaptation sample: {len(kept)} tissue window(s) of {tile} px "
-                     f"(asked for {count})")
+        notes.append(f"adaptation sample: all {len(kept)} tissue window(s) of {tile} px the "
+                     f"input(s) hold, fewer than --adapt-windows {count}")
     return np.stack(kept), notes
 
 

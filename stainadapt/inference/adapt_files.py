@@ -114,7 +114,7 @@ class PredictAdaptation:
             return
         state = self._estimate_shared(files, "the inputs")
         if state is not None:
-            self.summary["statistics"] = CALL_STATS
+            self.summary.update(statistics=CALL_STATS, sample=self._sample)
             if distributed.is_main():
                 self._save(self.out / CALL_STATS, state, files)
             self.notes.append(f"adapted the model to the inputs ({self.settings.mode}, "
@@ -233,8 +233,10 @@ def describe_manifest(manifest: dict[str, Any]) -> str:
         return "predictions: not adapted at test time"
     if adapt.get("scope") == "loaded":
         return f"predictions: adapted at test time ({mode}, statistics {adapt.get('statistics')})"
-    parts = [f"scope {adapt.get('scope')}", f"{adapt.get('windows')} windows",
-             f"seed {adapt.get('seed')}"]
+    windows = adapt.get("windows")
+    if adapt.get("sample") is not None and adapt.get("sample") != windows:
+        windows = f"{adapt['sample']} of {windows}"
+    parts = [f"scope {adapt.get('scope')}", f"{windows} windows", f"seed {adapt.get('seed')}"]
     if mode == "tent":
         parts.append(f"{adapt.get('steps')} steps")
     return f"predictions: adapted at test time ({mode}, {', '.join(parts)})"

@@ -146,14 +146,20 @@ def test_one_tiff_shared_by_ranks_matches_one_process(setup):
     assert got == want
 
 
+# Two predict_paths calls share one process group, opened here (predict_paths uses an
+# open group as it is and leaves it open).
 ADAPT_SCRIPT = textwrap.dedent('''
     import sys
+    import torch.distributed as dist
     from stainadapt.inference import predict_paths
+    dist.init_process_group("gloo")
     run, folder, slide = sys.argv[1:4]
     predict_paths([folder], run, "ddp-adapt", device="cpu", probabilities=True,
                   adapt="bn", adapt_scope="call", adapt_windows=12)
     predict_paths([slide], run, "ddp-adapt-slide", device="cpu", probabilities=True,
                   adapt="bn", adapt_scope="file", stream_min_pixels=0, batch_size=2)
+    dist.barrier()
+    dist.destroy_process_group()
 ''')
 
 

@@ -193,7 +193,9 @@ def test_predict_adapt_bn_is_deterministic_and_saves_its_statistics(setup, tmp_p
     # evaluate says how the masks were made
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "o1"), str(tmp_path / "o2")])
     assert res.exit_code == 0, res.output
-    assert "adapted at test time (bn, scope call, 64 windows, seed 0)" in res.output
+    # 16 of the 18 windows covering the inputs hold tissue (b.png is half glass)
+    assert manifest["adapt"]["sample"] == 16
+    assert "adapted at test time (bn, scope call, 16 of 64 windows, seed 0)" in res.output
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "o1"), str(tmp_path / "o2"),
                                    "--json"])
     assert json.loads(res.stdout)["predict"]["adapt"]["mode"] == "bn"
