@@ -203,9 +203,12 @@ def test_predict_adapt_bn_is_deterministic_and_saves_its_statistics(setup, tmp_p
 
 def test_scope_file_adapts_each_input_and_restores_the_model(setup, tmp_path):
     out = tmp_path / "out"
+    calls = []
     report = predict_paths([setup / "in"], setup / "run", out, device="cpu", adapt="bn",
-                           adapt_scope="file", probabilities=True)
+                           adapt_scope="file", probabilities=True,
+                           adapt_progress=lambda *a: calls.append(a))
     assert len(report.written) == 3 and not report.failed
+    assert calls and calls[-1][0] == "adapting BatchNorm" and calls[-1][1] == calls[-1][2]
     stats = sorted(p.name for p in out.glob("*.safetensors"))
     assert stats == ["a.adapted.safetensors", "b.adapted.safetensors", "c.adapted.safetensors"]
     # each file's mask is what a call over that file alone gives
