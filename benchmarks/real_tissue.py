@@ -15,7 +15,10 @@ seed: ``source-only`` (the recipe on synthetic PASM tiles), ``macenko`` (that mo
 test tiles Macenko-normalised to a synthetic PASM tile), ``uda`` (mirrored + shape at
 the paper's weights, from the source model), ``uda-st`` (two rounds of self-training
 from the UDA model) and ``supervised`` (the recipe on the labelled target tiles: the
-upper bound). Figures are mean ± std over seeds.
+upper bound). Figures are mean ± std over seeds. Two more rows evaluate, without any
+training, the models of two of them with test-time BatchNorm statistics (``predict
+--adapt bn``, scope call: one set of statistics over the test tiles):
+``source-only+adabn`` and ``uda+adabn``.
 
 Each model predicts the whole test tiles (the predictor's whole-image path) and is scored
 by per-tile Dice; a run's figure is the mean over its test tiles. Finished runs are
@@ -26,7 +29,12 @@ skipped, so an interrupted benchmark resumes.
 
 ``--budget full`` is the long version for a GPU; ``--set key=value`` overrides a training
 field of the ``recipe`` rows (e.g. ``--set foreground_share=0``), ``--pretrained FILE``
-starts every encoder from a local weights file. The Markdown summary goes to ``--md``.
+starts every encoder from a local weights file. ``--adapt bn`` (or ``tent``) adds, for
+each recipe row of part (a), a row ``recipe+adabn`` (``recipe+tent``): the same model
+evaluated after test-time adaptation over the fold's test tiles. Test-time adaptation
+changes BatchNorm models only; the ``real`` recipe's default G normalises per image
+(``--set norm=batch`` for BatchNorm), and a record's ``bn_layers`` says how many layers
+were adapted. The Markdown summary goes to ``--md``.
 """
 
 from __future__ import annotations
@@ -108,21 +116,35 @@ def _link_domain(data: Path, names: list[str], dest: Path) -> Path:
     return dest
 
 
+#: Row-name suffix of a model evaluated with test-time adaptation (``--adapt``).
+ADAPT_SUFFIX = {"bn": "+adabn", "tent": "+tent"}
+
+
 def _score(model: Any, data: Path, names: list[str], device: str,
-           normalizer: Any = None) -> dict[str, Any]:
-    """Per-tile Dice of ``model`` on the whole tiles ``names`` of ``data``."""
+           normalizer: Any = None, adapt: str | None = None) -> dict[str, Any]:
+    """Per-tile Dice of ``model`` on the whole tiles ``names`` of ``data``.
+
+    ``adapt`` (``"bn"``/``"tent"``): a copy of the model adapts first to all the tiles
+    (scope call); the record then says how many BatchNorm layers it adapted.
+    """
     from stainadapt.data.folders import scan_domain
     from stainadapt.device import resolve_device
-    from stainadapt.inference import load_domain_images, predict_probs
+    from stainadapt.inference import adapted_copy, load_domain_images, predict_probs
     from stainadapt.metrics import segmentation_metrics
+    from stainadapt.models.batchnorm import batchnorm_layers
 
     dev = resolve_device(device)
     samples = [s for s in scan_domain(data, require_masks=True) if s.name in set(names)]
+    items = load_domain_images(samples, with_masks=True)
+    extra: dict[str, Any] = {}
+    if adapt:
+        model = adapted_copy(model, [image for _, image, _ in items], dev, adapt, normalizer)
+        extra = {"adapt": adapt, "bn_layers": len(batchnorm_layers(model))}
     per = {}
-    for name, image, mask in load_domain_images(samples, with_masks=True):
+    for name, image, mask in items:
         prob = predict_probs(model, image, dev, normalizer=normalizer).cpu().numpy()
         per[name] = round(float(segmentation_metrics(prob > 0.5, mask)["dice"]), 4)
-    return {"dice": float(np.mean(list(per.values()))), "per_tile": per}
+    return {"dice": float(np.mean(list(per.values()))), "per_tile": per, **extra}
 
 
 def _train_recipe(recipe: str, train_dir: Path, run_dir: Path, budget: Budget, seed: int,
@@ -227,7 +249,41 @@ def run_part_a(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
             path.write_text(json.dumps(rec, indent=1) + "\n")
             records.append(rec)
             print(f"{tag}: Dice {rec['dice']:.3f} ({rec['seconds']:.0f} s)", flush=True)
+            if method == "recipe" and args.adapt:
+                records.append(_adapted_row(args, budget, data, rec, model))
+        if method == "recipe" and args.adapt:  # rows trained before: adapt their models too
+            done = {r["tag"] for r in records}
+            for k in fold_ids:
+                tag = f"{method}{args.tag}-fold{k}"
+                base = next((r for r in records if r["tag"] == tag), None)
+                wanted = f"{method}{args.tag}{ADAPT_SUFFIX[args.adapt]}-fold{k}"
+                if base is not None and wanted not in done:
+                    records.append(_adapted_row(args, budget, data, base, None))
     return records
+
+
+def _adapted_row(args: argparse.Namespace, budget: Budget, data: Path, base: dict[str, Any],
+                 model: Any) -> dict[str, Any]:
+    """The record of ``base``'s recipe model evaluated with test-time adaptation."""
+    tag = base["tag"].replace("-fold", f"{ADAPT_SUFFIX[args.adapt]}-fold")
+    path = args.out / "results" / f"{tag}.json"
+    if path.is_file():
+        rec = json.loads(path.read_text())
+        print(f"{tag}: done before, Dice {rec['dice']:.3f}")
+        return rec
+    if model is None:
+        from stainadapt.runs import load_model
+
+        model = load_model(args.out / "runs" / base["tag"], args.device)[0]
+    started = time.perf_counter()
+    rec = {**{k: base[k] for k in ("fold", "test", "seed", "budget", "overrides")},
+           "method": base["method"] + ADAPT_SUFFIX[args.adapt], "tag": tag,
+           **_score(model, data, base["test"], args.device, adapt=args.adapt)}
+    rec["seconds"] = round(time.perf_counter() - started, 1)
+    path.write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"{tag}: Dice {rec['dice']:.3f} ({rec['bn_layers']} BatchNorm layers adapted)",
+          flush=True)
+    return rec
 
 
 def _link_images(data: Path, names: list[str], dest: Path) -> Path:
@@ -261,11 +317,11 @@ def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
     labelled = args.out / "data" / "target-labelled"
     reference = read_image(sorted((source / "images").iterdir())[0])
     runs = args.out / "runs-b"
-    adapt = dict(target=str(target), steps=0, pretrain_epochs=0)
+    unlabelled = dict(target=str(target), steps=0, pretrain_epochs=0)
     records = []
 
     def row(method: str, seed: int, run: str, train_dir: Path, normalizer: Any = None,
-            **fields: Any) -> None:
+            adapt: str | None = None, **fields: Any) -> None:
         """Score ``run``'s model (trained first unless finished) as ``method``."""
         path = args.out / "results-b" / f"{method}-seed{seed}.json"
         if path.is_file():
@@ -276,7 +332,7 @@ def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
                               args.device, args.overrides, args.pretrained, **fields)
         rec = {"method": method, "tag": method, "seed": seed, "test": test,
                "budget": budget.__dict__, "seconds": round(time.perf_counter() - started, 1),
-               **_score(model, data, test, args.device, normalizer)}
+               **_score(model, data, test, args.device, normalizer, adapt)}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rec, indent=1) + "\n")
         records.append(rec)
@@ -287,13 +343,15 @@ def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
     macenko.fit(reference)
     for seed in range(args.seeds):
         row("source-only", seed, "source-only", source)
+        row("source-only+adabn", seed, "source-only", source, adapt="bn")
         row("macenko", seed, "source-only", source, normalizer=macenko)
         row("uda", seed, "uda", source, mode="uda", discs=list(PAPER_QUICK.uda_discs),
             init=str(runs / f"source-only-seed{seed}"), disc_epochs=budget.disc_epochs,
-            adv_epochs=budget.adv_epochs, **adapt)
+            adv_epochs=budget.adv_epochs, **unlabelled)
+        row("uda+adabn", seed, "uda", source, adapt="bn")
         row("uda-st", seed, "uda-st", source, init=str(runs / f"uda-seed{seed}"),
             self_train_rounds=budget.self_train_rounds,
-            self_train_epochs=budget.self_train_epochs, **adapt)
+            self_train_epochs=budget.self_train_epochs, **unlabelled)
         row("supervised", seed, "supervised", labelled)
     return records
 
@@ -336,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", choices=["a", "b"], default="a",
                    help="a: in-domain folds; b: synthetic PASM -> real PAS, no target labels")
     p.add_argument("--seed", type=int, default=0, help="part (a)'s seed")
+    p.add_argument("--adapt", choices=sorted(ADAPT_SUFFIX), default=None,
+                   help="part (a): also evaluate each recipe row with test-time adaptation")
     p.add_argument("--seeds", type=int, default=3, help="part (b): seeds 0..N-1")
     p.add_argument("--device", default="auto")
     p.add_argument("--md", type=Path, default=None, help="Markdown summary output")

@@ -68,7 +68,8 @@ def _predict(run: Path, items: list, device: Any) -> list[np.ndarray]:
 
 def _mean_dice(results: dict[str, Any], run_name: str) -> str:
     for row in results["rows"]:
-        if Path(row["run"]).name == run_name and "Macenko" not in row["method"]:
+        if Path(row["run"]).name == run_name and "Macenko" not in row["method"] \
+                and "test-time" not in row["method"]:
             return f"{row['dice']:.3f}"
     return "?"
 

@@ -47,6 +47,7 @@ _no_type_after_flags()
 COMMAND_MODULES = [
     "demo",
     "synth",
+    "tiles",
     "train",
     "predict",
     "evaluate",

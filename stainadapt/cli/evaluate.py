@@ -63,6 +63,7 @@ def evaluate(
     With --instances, both masks become glomerulus instances (as predict --instances
     makes them) and the object-level detection figures are added.
     """
+    from ..inference import describe_manifest, read_predict_manifest
     from ..metrics import METRICS, evaluate_folders
 
     options = None
@@ -82,9 +83,15 @@ def evaluate(
         if paths:
             shown = ", ".join(p.name for p in paths[:5]) + (" ..." if len(paths) > 5 else "")
             console.print(f"[yellow]warning:[/] {len(paths)} {kind}: {shown}", highlight=False)
+    manifest = read_predict_manifest(pred)  # how predict made the masks, when it says
     if as_json:
-        print(json.dumps(report.as_dict(), indent=2))
+        data = report.as_dict()
+        if manifest is not None:
+            data["predict"] = manifest
+        print(json.dumps(data, indent=2))
         return
+    if manifest is not None:
+        stdout.print(describe_manifest(manifest), highlight=False)
     from rich.table import Table
 
     table = Table(title=f"{pred} vs {truth}")

@@ -1,4 +1,4 @@
-"""``stainadapt predict``: segment images, folders and large TIFF slides with a trained run."""
+"""``stainadapt predict``: segment images, folders and whole slides with a trained run."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .common import AmpOpt, DeviceOpt, console, print_lines, progress_bar, run_g
 app = typer.Typer()
 
 _OBJECTS = "Objects (--instances)"
+_ADAPT = "Test-time adaptation (--adapt)"
 
 
 @app.command("predict")
@@ -114,6 +115,49 @@ def predict(
             rich_help_panel=_OBJECTS,
         ),
     ] = 1.0,
+    adapt: Annotated[
+        str,
+        typer.Option(
+            "--adapt",
+            help="Adapt the model to the inputs first: none, bn (re-estimate BatchNorm "
+            "statistics, AdaBN) or tent (bn, then entropy minimisation of BatchNorm's "
+            "affine terms).",
+            rich_help_panel=_ADAPT,
+        ),
+    ] = "none",
+    adapt_scope: Annotated[
+        str,
+        typer.Option(
+            "--adapt-scope",
+            help="call: one set of statistics for every input; file: each input its own.",
+            rich_help_panel=_ADAPT,
+        ),
+    ] = "call",
+    adapt_windows: Annotated[
+        int,
+        typer.Option(
+            "--adapt-windows",
+            help="Most tissue windows in the adaptation sample.",
+            rich_help_panel=_ADAPT,
+        ),
+    ] = 64,
+    adapt_steps: Annotated[
+        int,
+        typer.Option("--adapt-steps", help="Optimiser steps of tent.", rich_help_panel=_ADAPT),
+    ] = 10,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Seed of the adaptation sample.", rich_help_panel=_ADAPT),
+    ] = 0,
+    adapted_stats: Annotated[
+        Path | None,
+        typer.Option(
+            "--adapted-stats",
+            help="Use statistics saved by an earlier --adapt call (for every input) "
+            "instead of estimating them.",
+            rich_help_panel=_ADAPT,
+        ),
+    ] = None,
 ) -> None:
     """Predict masks: PNG for PNG/JPEG, pyramidal tiled TIFF for TIFF and slides.
 
@@ -121,7 +165,8 @@ def predict(
     resolution with glass skipped, and get a thumbnail in OUT/thumbnails (docs/slides.md).
 
     With --instances, also one object per glomerulus: GeoJSON polygons QuPath imports,
-    a CSV of measurements per image and summary.csv (see docs/objects.md).
+    a CSV of measurements per image and summary.csv (see docs/objects.md). With --adapt,
+    the model first re-fits its BatchNorm to the inputs (see docs/test-time-adaptation.md).
     """
     from .. import distributed
     from ..inference import PredictOptions, predict_paths
@@ -148,6 +193,9 @@ def predict(
         def progress(path: Path, done: int, total: int) -> None:
             bar.update(task, description=path.name, completed=done, total=total)
 
+        def adapt_progress(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
         predict_options = PredictOptions(
             tile=tile,
             overlap=overlap,
@@ -164,6 +212,13 @@ def predict(
             min_tissue=min_tissue,
             mpp=mpp,
             progress=progress,
+            adapt=adapt,
+            adapt_scope=adapt_scope,
+            adapt_windows=adapt_windows,
+            adapt_steps=adapt_steps,
+            seed=seed,
+            adapted_stats=adapted_stats,
+            adapt_progress=adapt_progress,
         )
         report = run_guarded(lambda: predict_paths(inputs, model, out, predict_options))
     if not main:  # every rank holds the whole job's report: exit with rank 0's status

@@ -18,7 +18,9 @@ All are evaluated on the same held-out Masson validation split (the split the tr
 makes with the run's seed and ``val_fraction``) and on a fresh Masson draw of ``test_n``
 tiles (the next data seed, never used in training or selection), together with the
 source-only model applied to Macenko-normalised Masson images (fitted to a PASM training
-image), the paper's stain-normalisation baseline.
+image), the paper's stain-normalisation baseline, and the source-only model with
+test-time BatchNorm statistics (``predict --adapt bn``: re-estimated over each set of
+images it is scored on, no training).
 
 The budget is ``stainadapt.recipes.DEMO``: G needs about 20 epochs of 10 steps to learn
 the source task, so s0 is long and the adaptation starts from the converged G; label
@@ -146,36 +148,40 @@ def run_demo(out: str | Path = "stainadapt-demo", quick: bool = False, console: 
     so_model, _ = load_model(out / "source-only", device=dev)
     longer_model, _ = load_model(out / "source-only-longer", device=dev)
     uda_model, _ = load_model(out / "uda", device=dev)
-    entries: list[tuple[str, str, Any, Any]] = [
-        ("source-only", "source-only", so_model, None),
+    # (label, run, model, normaliser, test-time adaptation)
+    entries: list[tuple[str, str, Any, Any, str | None]] = [
+        ("source-only", "source-only", so_model, None, None),
         (f"source-only, {budget.adv_epochs} more epochs (as many G updates as UDA)",
-         "source-only-longer", longer_model, None),
+         "source-only-longer", longer_model, None, None),
     ]
     try:
         from ..data.io import read_image
 
         macenko = create("normalizers", "macenko").fit(read_image(s_train[0].image)).to(dev)
-        entries.append(("source-only + Macenko (T -> S)", "source-only", so_model, macenko))
+        entries.append(("source-only + Macenko (T -> S)", "source-only", so_model, macenko,
+                        None))
     except Exception as exc:  # noqa: BLE001 - the baseline is optional; say why it is absent
         if console is not None:
             console.print(f"[yellow]Macenko baseline skipped:[/] {exc}")
+    entries.append(("source-only + test-time BN (AdaBN)", "source-only", so_model, None,
+                    "bn"))
     names = " + ".join(spec.split(":", 1)[0] for spec in runs["uda"].discs)
-    entries.append((f"UDA ({names})", "uda", uda_model, None))
+    entries.append((f"UDA ({names})", "uda", uda_model, None, None))
     if SELF_TRAINED in runs:
         entries.append((f"UDA + self-training ({budget.self_train_rounds} rounds x "
                         f"{budget.self_train_epochs} epochs more)", SELF_TRAINED,
-                        load_model(out / SELF_TRAINED, device=dev)[0], None))
-    for label, run, model, norm in entries:
-        t = evaluate_model(model, t_items, dev, normalizer=norm)
-        s = evaluate_model(model, s_items, dev)
-        x = evaluate_model(model, test_items, dev, normalizer=norm)
+                        load_model(out / SELF_TRAINED, device=dev)[0], None, None))
+    for label, run, model, norm, adapt in entries:
+        t = evaluate_model(model, t_items, dev, normalizer=norm, adapt=adapt)
+        s = evaluate_model(model, s_items, dev, adapt=adapt)
+        x = evaluate_model(model, test_items, dev, normalizer=norm, adapt=adapt)
         rows.append(DemoRow(label, str(out / run), t["dice"], t["dice_std"], t["accuracy"],
                             t["accuracy_std"], t["n"], source_dice=s.get("dice"),
                             test_dice=x["dice"], test_dice_std=x["dice_std"], test_n=x["n"]))
-    # UDA against the plain source-only models (not the Macenko row): the demo's claim,
-    # on the validation split and on the larger held-out test draw
-    by_run = {run: r for r, (_, run, _, norm) in zip(rows, entries, strict=True)
-              if norm is None}
+    # UDA against the plain source-only models (not the Macenko or AdaBN rows): the
+    # demo's claim, on the validation split and on the larger held-out test draw
+    by_run = {run: r for r, (_, run, _, norm, adapt) in zip(rows, entries, strict=True)
+              if norm is None and adapt is None}
     plain = [by_run["source-only"], by_run["source-only-longer"]]
 
     def beats(run: str, which: str) -> bool | None:

@@ -67,10 +67,12 @@ def _panel(
 
 
 def draw_curves(records: Sequence[dict[str, Any]]) -> Image.Image:
-    """Two panels: every loss, and every validation metric, against the epoch."""
+    """Every loss, and every validation metric, against the epoch; in adversarial runs a
+    third panel with each discriminator head's held-out accuracy (``disc_heldout``)."""
     phases = [r.get("phase", "") for r in records]
     losses: dict[str, list[tuple[int, float]]] = {}
     metrics: dict[str, list[tuple[int, float]]] = {}
+    heldout: dict[str, list[tuple[int, float]]] = {}
     for i, r in enumerate(records):
         for k, v in (r.get("losses") or {}).items():
             losses.setdefault(k, []).append((i, float(v)))
@@ -78,11 +80,17 @@ def draw_curves(records: Sequence[dict[str, Any]]) -> Image.Image:
             for k, v in (vals or {}).items():
                 if k in ("dice", "accuracy"):
                     metrics.setdefault(f"{split} {k}", []).append((i, float(v)))
-    img = Image.new("RGB", (720, 560), (255, 255, 255))
+        for k, v in (r.get("disc_heldout") or {}).items():
+            heldout.setdefault(k, []).append((i, float(v)))
+    height = 820 if heldout else 560
+    img = Image.new("RGB", (720, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     _panel(draw, (40, 30, 660, 260), "losses per epoch", losses, phases)
     _panel(draw, (40, 300, 660, 530), "validation (Dice, accuracy)", metrics, phases)
-    draw.text((40, 540), "epochs; grey lines: phase changes (seg | disc | adv | self)",
+    if heldout:
+        _panel(draw, (40, 570, 660, 790), "discriminators: held-out accuracy", heldout,
+               phases)
+    draw.text((40, height - 20), "epochs; grey lines: phase changes (seg | disc | adv | self)",
               fill=(0, 0, 0))
     return img
 

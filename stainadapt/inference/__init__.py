@@ -6,12 +6,15 @@
 * :mod:`.slides`: whole slides at the model's resolution, tissue found on a thumbnail;
 * :mod:`.sharding`: one slide shared by the ranks of a torchrun job;
 * :mod:`.paths`: files and folders (``stainadapt predict``), :class:`PredictOptions`;
-* :mod:`.evaluate`: whole-image probabilities and Dice for validation.
+* :mod:`.evaluate`: whole-image probabilities and Dice for validation;
+* :mod:`.adapt`, :mod:`.adapt_files`: test-time adaptation of BatchNorm (AdaBN, TENT).
 """
 
 from __future__ import annotations
 
-from .evaluate import evaluate_model, load_domain_images, predict_probs
+from .adapt import ADAPT_MODES, ADAPT_SCOPES, AdaptSettings
+from .adapt_files import describe_manifest, read_predict_manifest
+from .evaluate import adapted_copy, evaluate_model, load_domain_images, predict_probs
 from .paths import (
     STREAM_MIN_PIXELS,
     PredictOptions,
@@ -27,6 +30,12 @@ from .streaming import OUTPUT_TILE, predict_rows_to_tiff, predict_tiff_streamed
 from .windows import gaussian_weight, window_starts, window_tissue_fraction
 
 __all__ = [
+    "ADAPT_MODES",
+    "ADAPT_SCOPES",
+    "AdaptSettings",
+    "adapted_copy",
+    "describe_manifest",
+    "read_predict_manifest",
     "OUTPUT_TILE",
     "STREAM_MIN_PIXELS",
     "BandShards",

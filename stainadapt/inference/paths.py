@@ -6,6 +6,8 @@ scanner slides). Slides (``.svs``, ``.ndpi``, ``.mrxs``...) and TIFFs at least
 with glass skipped (:mod:`.slides`, :mod:`.streaming`). Under torchrun the files are
 dealt to the ranks and a streamed slide is shared by all of them
 (:class:`.sharding.BandShards`); every rank returns the whole job's :class:`PredictReport`.
+Test-time adaptation (``adapt``, ``adapt_scope``, ...) is :mod:`.adapt` and
+:mod:`.adapt_files`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from ..data.slides import READABLE_EXTS, SLIDE_EXTS
 from ..device import resolve_device
 from ..errors import InputError, RunFailure
 from ..runs import load_model, normalizer_from_meta
+from .adapt import AdaptSettings
+from .adapt_files import PredictAdaptation, write_predict_manifest
 from .predictor import SlidingWindowPredictor
 from .sharding import BandShards, file_owner
 from .slides import SlidePrediction, plan_slide, predict_slide
@@ -48,6 +52,13 @@ class PredictOptions:
     is called after each row of windows. ``mpp`` is the resolution (um/px) of slides
     whose file records none; ``min_tissue`` the fraction of a window that must be tissue
     for it to run (0: every window runs).
+
+    Test-time adaptation (:mod:`.adapt`, :mod:`.adapt_files`): ``adapt`` is ``"none"``,
+    ``"bn"`` (AdaBN) or ``"tent"``; ``adapt_scope`` ``"call"`` (one set of statistics for
+    every input) or ``"file"``; ``adapt_windows`` bounds the sample, ``adapt_steps`` is
+    TENT's step count, ``seed`` draws the sample; ``adapted_stats`` loads the statistics
+    of an earlier call instead (for every input); ``adapt_progress(what, done, total)``
+    is called during the adaptation pass.
     """
 
     tile: int | None = None
@@ -66,11 +77,28 @@ class PredictOptions:
     stream_min_pixels: int = STREAM_MIN_PIXELS
     mpp: float | None = None
     progress: Callable[[Path, int, int], None] | None = None
+    adapt: str = "none"
+    adapt_scope: str = "call"
+    adapt_windows: int = 64
+    adapt_steps: int = 10
+    seed: int = 0
+    adapted_stats: str | Path | None = None
+    adapt_progress: Callable[[str, int, int], None] | None = None
+
+    def adapt_settings(self) -> AdaptSettings:
+        """The adaptation fields as :class:`AdaptSettings` (checked: bad values raise)."""
+        return AdaptSettings(mode=self.adapt, scope=self.adapt_scope,
+                             windows=self.adapt_windows, steps=self.adapt_steps,
+                             seed=self.seed, batch_size=self.batch_size)
 
 
 @dataclass
 class PredictReport:
-    """What :func:`predict_paths` did: outputs, skipped existing ones, failures, tiles."""
+    """What :func:`predict_paths` did: outputs, skipped existing ones, failures, tiles.
+
+    ``adapted``: the test-time adaptation settings (as ``predict.json`` records them),
+    ``None`` without adaptation.
+    """
 
     written: list[Path] = field(default_factory=list)
     existing: list[Path] = field(default_factory=list)
@@ -79,6 +107,7 @@ class PredictReport:
     tiles_skipped: int = 0
     notes: list[str] = field(default_factory=list)
     slides: list[tuple[Path, SlidePrediction]] = field(default_factory=list)
+    adapted: dict[str, Any] | None = None
 
     def raise_for_failures(self) -> None:
         """Raise :class:`RunFailure` listing the inputs that could not be predicted."""
@@ -185,16 +214,20 @@ def predict_paths(
     ``OUT/probabilities/<stem>.<ext>`` (uint8, probability x 255); with ``overlay``
     ``OUT/overlays/<stem>.png`` (not for streamed slides, which have their thumbnail).
     Outputs that exist are kept unless ``overwrite``, so a rerun resumes.
+    With adaptation also the statistics (:mod:`.adapt_files`) and ``OUT/predict.json``.
     A file that fails is recorded in the report and the others go on; call
     :meth:`PredictReport.raise_for_failures` afterwards.
     """
     opts = dataclasses.replace(options or PredictOptions(), **overrides)
+    opts.adapt_settings()  # bad adaptation flags fail before any work
     files = collect_inputs(inputs)
     dev = distributed.local_device(resolve_device(opts.device))
     with distributed.session(dev):
         report = _predict_files(files, model, Path(out), dev, opts)
         if distributed.is_active():  # every rank returns the whole job's report
             report = _merge_reports(distributed.all_gather_objects(report), files)
+    if report.adapted is not None and distributed.is_main():
+        write_predict_manifest(Path(out), model, report.adapted)
     return report
 
 
@@ -224,6 +257,12 @@ def _predict_files(
     progress = opts.progress
     out.mkdir(parents=True, exist_ok=True)
     report = PredictReport()
+    adaptation, notes = PredictAdaptation.create(
+        predictor, opts.adapt_settings(), opts.adapted_stats, out, opts.min_tissue,
+        opts.stream_min_pixels, opts.adapt_progress)
+    report.notes.extend(notes if rank == 0 else [])
+    if adaptation is not None:
+        adaptation.start(files)
     for index, path in enumerate(files):
         suffix = mask_suffix(path)
         mask_path = out / f"{path.stem}{suffix}"
@@ -260,6 +299,8 @@ def _predict_files(
         try:
             if shape_error is not None:
                 raise shape_error
+            if adaptation is not None:
+                adaptation.before_file(path, shared)
             if shared and rank != 0:
                 _serve_slide(predictor, path, model_mpp, opts.mpp, BandShards(rank, world, dev))
                 continue
@@ -292,6 +333,11 @@ def _predict_files(
         finally:
             report.tiles_total += predictor.stats.tiles_total - before_total
             report.tiles_skipped += predictor.stats.tiles_skipped - before_skipped
+            if adaptation is not None:
+                adaptation.after_file()
+    if adaptation is not None:
+        report.adapted = adaptation.summary
+        report.notes.extend(adaptation.finish_notes() if rank == 0 else adaptation.notes)
     return report
 
 
@@ -380,6 +426,7 @@ def _merge_reports(parts: list[PredictReport], files: list[Path]) -> PredictRepo
     merged.failed = sorted(failed.items(), key=lambda item: key(item[0]))
     merged.tiles_total = sum(r.tiles_total for r in parts)
     merged.tiles_skipped = sum(r.tiles_skipped for r in parts)
-    merged.notes = [n for r in parts for n in r.notes]
+    merged.notes = list(dict.fromkeys(n for r in parts for n in r.notes))
     merged.slides = sorted((s for r in parts for s in r.slides), key=lambda item: key(item[0]))
+    merged.adapted = parts[0].adapted
     return merged

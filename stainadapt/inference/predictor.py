@@ -133,14 +133,23 @@ class SlidingWindowPredictor:
             out = out[0]
         return out[:, 0].float()
 
-    @torch.inference_mode()
-    def predict_windows(self, windows: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``(B, T, T) float32`` of uint8 windows ``(B, 3, T, T)`` (on device)."""
+    def model_input(self, windows: torch.Tensor) -> torch.Tensor:
+        """The model's input ``float32 (B, 3, T, T)`` in [0, 1] for uint8 windows (on device).
+
+        The normaliser (if any), then the scaling: what every prediction, and the sample
+        of test-time adaptation (:mod:`.adapt`), goes through.
+        """
         if self.normalizer is not None:
             windows = self.normalizer(windows)
         x = windows.float().div_(255.0)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @torch.inference_mode()
+    def predict_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(B, T, T) float32`` of uint8 windows ``(B, 3, T, T)`` (on device)."""
+        x = self.model_input(windows)
         if not self.tta:
             return torch.sigmoid(self._forward(x))
         prob = torch.zeros(x.shape[0], x.shape[2], x.shape[3], device=x.device)

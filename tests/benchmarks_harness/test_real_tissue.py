@@ -40,13 +40,19 @@ def test_tiny_benchmark_end_to_end_and_resume(rt, tmp_path, capsys):
     data = make_domain(tmp_path / "tiles", "source", n=8, size=64)
     out, md = tmp_path / "out", tmp_path / "real.md"
     argv = [str(data), "--budget", "tiny", "--out", str(out), "--md", str(md),
-            "--device", "cpu", "--folds", "0", "--set", "bn_recalibration=1"]
+            "--device", "cpu", "--folds", "0", "--set", "bn_recalibration=1",
+            "--set", "norm=batch", "--adapt", "bn"]
     assert rt.main(argv) == 0
     results = sorted(p.name for p in (out / "results").iterdir())
-    assert results == ["paper-fold0.json", "recipe-fold0.json", "smp-fold0.json"]
+    assert results == ["paper-fold0.json", "recipe+adabn-fold0.json", "recipe-fold0.json",
+                       "smp-fold0.json"]
+    adabn = json.loads((out / "results" / "recipe+adabn-fold0.json").read_text())
+    assert adabn["test"] == ["im0", "im1"] and adabn["bn_layers"] > 0
+    assert adabn["method"] == "recipe+adabn" and 0.0 <= adabn["dice"] <= 1.0
     rec = json.loads((out / "results" / "recipe-fold0.json").read_text())
     assert rec["test"] == ["im0", "im1"] and set(rec["per_tile"]) == {"im0", "im1"}
-    assert 0.0 <= rec["dice"] <= 1.0 and rec["overrides"] == {"bn_recalibration": 1}
+    assert 0.0 <= rec["dice"] <= 1.0
+    assert rec["overrides"] == {"bn_recalibration": 1, "norm": "batch"}
     config = (out / "runs" / "recipe-fold0" / "config.toml").read_text()
     assert 'recipe = "real"' in config and "bn_recalibration = 1" in config
     # the training folder holds the other tiles only
@@ -56,6 +62,7 @@ def test_tiny_benchmark_end_to_end_and_resume(rt, tmp_path, capsys):
     assert 'recipe = "paper"' in paper and 'lr_schedule = "constant"' in paper
     text = md.read_text()
     assert "| recipe | 1 |" in text and "| smp | 1 |" in text and "| paper | 1 |" in text
+    assert "| recipe+adabn | 1 |" in text
     capsys.readouterr()
     mtime = (out / "results" / "smp-fold0.json").stat().st_mtime_ns
     assert rt.main(argv) == 0  # everything is skipped
@@ -75,8 +82,11 @@ def test_tiny_part_b_rows_and_target_without_masks(rt, tmp_path):
             "--device", "cpu"]
     assert rt.main(argv) == 0
     results = sorted(p.stem for p in (out / "results-b").iterdir())
-    assert results == ["macenko-seed0", "source-only-seed0", "supervised-seed0",
-                       "uda-seed0", "uda-st-seed0"]
+    assert results == ["macenko-seed0", "source-only+adabn-seed0", "source-only-seed0",
+                       "supervised-seed0", "uda+adabn-seed0", "uda-seed0", "uda-st-seed0"]
+    for name in ("source-only+adabn-seed0", "uda+adabn-seed0"):  # evaluation only
+        rec = json.loads((out / "results-b" / f"{name}.json").read_text())
+        assert rec["adapt"] == "bn" and "bn_layers" in rec
     for name in results:
         rec = json.loads((out / "results-b" / f"{name}.json").read_text())
         assert rec["test"] == ["im6", "im7"] and 0.0 <= rec["dice"] <= 1.0

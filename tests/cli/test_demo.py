@@ -20,7 +20,8 @@ def test_demo_quick(tmp_path, monkeypatch):
     methods = [r["method"] for r in result["rows"]]
     assert methods[0] == "source-only" and methods[-2].startswith("UDA (")
     assert methods[-1].startswith("UDA + self-training (1 rounds")
-    # source-only, -longer, Macenko, UDA, UDA + self-training
+    # source-only, -longer, Macenko, test-time BN, UDA, UDA + self-training
+    assert "source-only + test-time BN (AdaBN)" in methods
     dice = [r["dice"] for r in result["rows"]]
     assert result["uda_beats_source_only"] == (dice[-2] > max(dice[0], dice[1]))
     assert result["self_trained_beats_source_only"] == (dice[-1] > max(dice[0], dice[1]))

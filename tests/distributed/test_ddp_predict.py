@@ -144,3 +144,46 @@ def test_one_tiff_shared_by_ranks_matches_one_process(setup):
     got, want = outputs(root / "ddp-slide"), outputs(root / "one-slide")
     assert sorted(want) == ["probabilities/slide.tif", "slide.tif", "thumbnails/slide.png"]
     assert got == want
+
+
+# Two predict_paths calls share one process group, opened here (predict_paths uses an
+# open group as it is and leaves it open).
+ADAPT_SCRIPT = textwrap.dedent('''
+    import sys
+    import torch.distributed as dist
+    from stainadapt.inference import predict_paths
+    dist.init_process_group("gloo")
+    run, folder, slide = sys.argv[1:4]
+    predict_paths([folder], run, "ddp-adapt", device="cpu", probabilities=True,
+                  adapt="bn", adapt_scope="call", adapt_windows=12)
+    predict_paths([slide], run, "ddp-adapt-slide", device="cpu", probabilities=True,
+                  adapt="bn", adapt_scope="file", stream_min_pixels=0, batch_size=2)
+    dist.barrier()
+    dist.destroy_process_group()
+''')
+
+
+def test_adaptation_under_torchrun_matches_one_process(setup):
+    """Scope call (files dealt to ranks) and scope file on a shared slide: rank 0's
+    statistics reach every rank, so the outputs are the one-process bytes."""
+    root = setup
+    (root / "adapt.py").write_text(ADAPT_SCRIPT)
+    res = torchrun("adapt.py", "run", "in", "slide.tif", cwd=root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    predict_paths([root / "in"], root / "run", root / "one-adapt", device="cpu",
+                  probabilities=True, adapt="bn", adapt_scope="call", adapt_windows=12)
+    predict_paths([root / "slide.tif"], root / "run", root / "one-adapt-slide", device="cpu",
+                  probabilities=True, adapt="bn", adapt_scope="file", stream_min_pixels=0,
+                  batch_size=2)
+    for got, want in (("ddp-adapt", "one-adapt"), ("ddp-adapt-slide", "one-adapt-slide")):
+        a, b = outputs(root / got), outputs(root / want)
+        assert sorted(a) == sorted(b)
+        assert "predict.json" in b and any(n.endswith(".safetensors") for n in b)
+        for name in b:
+            assert a[name] == b[name], (got, name)
+    plain = predict_paths([root / "in"], root / "run", root / "one-plain", device="cpu",
+                          probabilities=True)
+    assert plain.written
+    assert outputs(root / "one-plain")["p0.png"] != outputs(root / "one-adapt")["p0.png"] or \
+        outputs(root / "one-plain")["probabilities/p0.png"] != \
+        outputs(root / "one-adapt")["probabilities/p0.png"]

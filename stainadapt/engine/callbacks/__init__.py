@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from .base import Callback
 from .checksum import ChecksumWriter
+from .diagnostics import AdversarialDiagnostics
 from .guard import DivergenceGuard, SkipCounter
 from .progress import ProgressBars
 from .run_writer import RunWriter
 from .samples import SampleOverlays
 from .self_training import SelfTraining
 
-__all__ = ["Callback", "ChecksumWriter", "DivergenceGuard", "ProgressBars", "RunWriter",
-           "SampleOverlays", "SelfTraining", "SkipCounter", "default_callbacks"]
+__all__ = ["AdversarialDiagnostics", "Callback", "ChecksumWriter", "DivergenceGuard",
+           "ProgressBars", "RunWriter", "SampleOverlays", "SelfTraining", "SkipCounter",
+           "default_callbacks"]
 
 
 def default_callbacks() -> list[Callback]:
@@ -19,7 +21,9 @@ def default_callbacks() -> list[Callback]:
 
     Progress first (the epoch's bar exists before self-training adds its labelling bar),
     self-training before the guard (a round's summary joins the epoch's record), the
-    run-folder writer before the overlays (they read the saved model).
+    diagnostics before the guard (they measure the epoch's networks, before a rollback
+    restores earlier ones), the run-folder writer before the overlays (they read the
+    saved model).
     """
-    return [ProgressBars(), SelfTraining(), DivergenceGuard(), RunWriter(), SampleOverlays(),
-            ChecksumWriter()]
+    return [ProgressBars(), SelfTraining(), AdversarialDiagnostics(), DivergenceGuard(),
+            RunWriter(), SampleOverlays(), ChecksumWriter()]
