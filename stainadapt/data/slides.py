@@ -131,6 +131,17 @@ class Slide:
         return self.level_dimensions[0]
 
     @property
+    def bounds(self) -> tuple[int, int, int, int]:
+        """Level-0 ``(x, y, width, height)`` of the scanned area.
+
+        OpenSlide's ``openslide.bounds-x``/``-y``/``-width``/``-height`` where the format
+        records them (MRXS and a few others; QuPath shows such a slide cropped to this
+        box); else, and for every other reader, the full slide ``(0, 0, W, H)``.
+        """
+        w, h = self.dimensions
+        return (0, 0, w, h)
+
+    @property
     def shape(self) -> tuple[int, int]:
         """Level-0 ``(H, W)`` (the predictor's reader interface)."""
         w, h = self.dimensions
@@ -309,6 +320,19 @@ class _OpenSlideSlide(Slide):
         self.mpp = _plausible(sum(values) / len(values)) if values else None
         self.objective_power = _float(props.get("openslide.objective-power"))
         self._finish(fallback_mpp)
+
+    @property
+    def bounds(self) -> tuple[int, int, int, int]:
+        props = self._osr.properties
+        w, h = self.dimensions
+        box = [props.get(f"openslide.bounds-{k}") for k in ("x", "y", "width", "height")]
+        try:
+            x, y = (int(float(v)) if v is not None else 0 for v in box[:2])
+            bw = int(float(box[2])) if box[2] is not None else w - x
+            bh = int(float(box[3])) if box[3] is not None else h - y
+        except ValueError:
+            return (0, 0, w, h)
+        return (x, y, bw, bh)
 
     def _read_level(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         if w <= 0 or h <= 0:

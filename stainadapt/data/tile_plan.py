@@ -18,9 +18,9 @@ What :func:`plan_tiles` decides (``stainadapt tiles`` then cuts and writes the t
 * **unlabelled slides** (no annotation file): ``tiles_per_slide`` random tissue tiles
   anywhere on the slide, images only (a target domain).
 
-Tissue (:func:`tissue_mask`): a pixel of the slide's thumbnail whose colour saturation
-is at least :data:`TISSUE_SATURATION`; a random tile needs a ``min_tissue`` fraction of
-tissue. Stained tissue is coloured, glass is grey-white.
+Tissue: the slide's :class:`~stainadapt.data.tissue.TissueMap`, the mask ``predict``
+skips glass with (:func:`stainadapt.data.tissue.tissue_mask` on the slide's thumbnail);
+a random tile needs a ``min_tissue`` fraction of tissue under it.
 """
 
 from __future__ import annotations
@@ -33,11 +33,9 @@ import numpy as np
 
 from ..errors import InputError
 from .annotations import DEFAULT_ROI_CLASS, AnnotationSet, annotation_centre, rasterize
+from .tissue import TissueMap
 
-__all__ = ["TISSUE_SATURATION", "PlannedTile", "TileOptions", "plan_tiles", "tissue_mask"]
-
-#: Thumbnail pixels at least this saturated ((max - min) / max of R, G, B) are tissue.
-TISSUE_SATURATION = 0.08
+__all__ = ["PlannedTile", "TileOptions", "plan_tiles"]
 
 
 @dataclass(frozen=True)
@@ -106,37 +104,6 @@ class PlannedTile:
         return (float(self.x), float(self.y), self.side, self.side)
 
 
-# ------------------------------------------------------------------------------- tissue
-
-
-def tissue_mask(rgb: np.ndarray) -> np.ndarray:
-    """``(H, W) bool``: pixels of ``(H, W, 3) uint8`` that look like stained tissue.
-
-    Saturation ``(max - min) / max`` of R, G, B at least :data:`TISSUE_SATURATION`, and
-    not black (max above 20): glass and the white of padding are grey, stains are not.
-    """
-    a = np.asarray(rgb)
-    hi = a.max(axis=2).astype(np.float32)
-    lo = a.min(axis=2).astype(np.float32)
-    sat = (hi - lo) / np.maximum(hi, 1.0)
-    return (sat >= TISSUE_SATURATION) & (hi > 20)
-
-
-@dataclass(frozen=True)
-class _Thumb:
-    """A boolean map over the slide, ``downsample`` level-0 pixels per map pixel."""
-
-    tissue: np.ndarray
-    downsample: float
-
-    def fraction(self, box: tuple[float, float, float, float]) -> float:
-        x, y, w, h = (v / self.downsample for v in box)
-        r0, c0 = max(int(math.floor(y)), 0), max(int(math.floor(x)), 0)
-        r1, c1 = int(math.ceil(y + h)), int(math.ceil(x + w))
-        patch = self.tissue[r0:r1, c0:c1]
-        return float(patch.mean()) if patch.size else 0.0
-
-
 # ------------------------------------------------------------------------------ planning
 
 
@@ -151,14 +118,12 @@ def plan_tiles(
     side: float,
     options: TileOptions,
     rng: np.random.Generator,
-    tissue: np.ndarray | None = None,
-    tissue_downsample: float = 1.0,
+    tissue: TissueMap | None = None,
 ) -> tuple[list[PlannedTile], list[str]]:
     """Where a slide's tiles go (see the module docstring), and notes for the user.
 
     ``dimensions`` is the slide's level-0 ``(width, height)``, ``side`` a tile's side in
-    level-0 pixels; ``tissue`` a boolean tissue map of the slide with
-    ``tissue_downsample`` level-0 pixels per map pixel (``None``: all tissue).
+    level-0 pixels; ``tissue`` the slide's tissue map (``None``: all tissue).
     """
     width, height = int(dimensions[0]), int(dimensions[1])
     if side > width or side > height:
@@ -198,7 +163,7 @@ def plan_tiles(
         wanted, kind, region = options.tiles_per_slide, "unlabelled", None
     if wanted:
         found = _random_tiles(wanted, (width, height), side, region, options, rng, tissue,
-                              tissue_downsample, kind)
+                              kind)
         if len(found) < wanted:
             where = "the regions of interest" if region is not None else "the slide"
             notes.append(
@@ -216,18 +181,17 @@ def _random_tiles(
     region: Any | None,
     options: TileOptions,
     rng: np.random.Generator,
-    tissue: np.ndarray | None,
-    downsample: float,
+    tissue: TissueMap | None,
     kind: str,
 ) -> list[PlannedTile]:
     """Random tissue tiles inside ``region`` (``None``: the slide), half a tile apart."""
     width, height = dimensions
     if tissue is None:
-        downsample = max(1.0, side / 8.0)
-        shape = (max(1, round(height / downsample)), max(1, round(width / downsample)))
-        tissue = np.ones(shape, dtype=bool)
-    thumb = _Thumb(np.asarray(tissue, dtype=bool), float(downsample))
-    allowed = thumb.tissue
+        d = max(1.0, side / 8.0)
+        shape = (max(1, round(height / d)), max(1, round(width / d)))
+        tissue = TissueMap(np.ones(shape, dtype=bool), d)
+    downsample = float(tissue.downsample)
+    allowed = tissue.mask
     if region is not None:
         h, w = allowed.shape
         inside = rasterize([region], (0.0, 0.0, w * downsample, h * downsample), (h, w))
@@ -258,7 +222,7 @@ def _random_tiles(
             make_box(x, y, x + side, y + side)
         ):
             continue
-        if thumb.fraction((x, y, side, side)) < options.min_tissue:
+        if tissue.box_fraction(x, y, x + side, y + side) < options.min_tissue:
             continue
         centres.append((mx, my))
         out.append(PlannedTile(x, y, side, kind))

@@ -37,7 +37,8 @@ from .annotations import (
     read_annotations,
     split_annotations,
 )
-from .tile_plan import PlannedTile, TileOptions, plan_tiles, tissue_mask
+from .tile_plan import PlannedTile, TileOptions, plan_tiles
+from .tissue import slide_tissue
 
 __all__ = [
     "SIDECAR",
@@ -52,8 +53,6 @@ __all__ = [
 
 #: The record of a tile folder, beside ``images/`` and ``masks/``.
 SIDECAR = "tiles.json"
-#: Longer side of the thumbnail the tissue test and random placement work on.
-_THUMB_SIDE = 2048
 _ANNOTATION_EXTS = (".geojson", ".json")
 
 
@@ -248,14 +247,13 @@ def _tile_slide(
             annotations = annotations.shifted(*origin)
             check_within(annotations, width, height, slide_path.name)
         side = options.size * slide.downsample_for(options.mpp)
-        tissue, downsample = None, 1.0
+        tissue = None
         if annotations is None or (options.negatives > 0 and (
                 options.fully_annotated or annotations.regions)):
-            thumb, downsample = slide.thumbnail(_THUMB_SIDE)
-            tissue = tissue_mask(thumb)
+            tissue, _ = slide_tissue(slide)
         try:
             plan, notes = plan_tiles(annotations, (width, height), side, options,
-                                     _slide_seed(options.seed, slide_path), tissue, downsample)
+                                     _slide_seed(options.seed, slide_path), tissue)
         except InputError as exc:
             raise InputError(f"{slide_path}: {exc}") from None
         report.notes.extend(f"{slide_path.name}: {n}" for n in notes)
@@ -310,23 +308,13 @@ def slide_origin(slide: Any) -> tuple[int, int]:
 
     QuPath opens an OpenSlide slide cropped to the scanned area when OpenSlide reports
     one (``openslide.bounds-x``/``-y``: MRXS, some others), so its coordinates start
-    there; everywhere else ``(0, 0)``. ``slide.bounds`` is used when the reader offers
-    it, else the OpenSlide properties.
+    there (:attr:`Slide.bounds <stainadapt.data.slides.Slide.bounds>`); a reader
+    without ``bounds`` starts at ``(0, 0)``.
     """
     bounds = getattr(slide, "bounds", None)
-    if bounds is not None:
-        return int(bounds[0]), int(bounds[1])
-    if getattr(slide, "backend", None) != "openslide":
+    if bounds is None:
         return (0, 0)
-    import openslide
-
-    with openslide.OpenSlide(str(slide.path)) as osr:
-        props = osr.properties
-        try:
-            return (int(float(props.get("openslide.bounds-x", 0))),
-                    int(float(props.get("openslide.bounds-y", 0))))
-        except ValueError:
-            return (0, 0)
+    return int(bounds[0]), int(bounds[1])
 
 
 def _shapely_box(tile: PlannedTile) -> Any:

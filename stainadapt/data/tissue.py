@@ -2,26 +2,37 @@
 
 Stained tissue is coloured, or at least darker than the glass; glass is bright and grey.
 :func:`tissue_mask` thresholds the HSV saturation of a thumbnail with Otsu's method (at
-least :data:`MIN_SATURATION`, so a slide of bare glass does not split its noise in two),
-adds pixels no brighter than Otsu's threshold of the grey level (nor than
+least :data:`MIN_SATURATION`, so a slide of bare glass does not split its noise in two;
+at most :data:`MAX_SATURATION`, so a section that fills most of the picture does not
+split its pale stain from its dark one and lose the pale one to the glass), adds
+pixels no brighter than Otsu's threshold of the grey level (nor than
 :data:`MAX_DARK_GREY`: unstained dark matter such as a grey-scale scan's objects), then
 removes specks and fills small holes. :class:`TissueMap` holds that mask with its
 downsample and answers "what fraction of this level-0 box is tissue" in constant time
-(a summed-area table), which is what ``predict --min-tissue`` compares windows against.
+(a summed-area table), which is what ``predict --min-tissue`` compares windows against
+and what ``stainadapt tiles`` places random tiles on. :func:`slide_tissue` makes that
+map from a slide's thumbnail (longer side :data:`THUMBNAIL_SIDE`): one rule wherever a
+slide's tissue is asked for.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_DARK_GREY", "MIN_SATURATION", "TissueMap", "tissue_mask"]
+__all__ = ["MAX_DARK_GREY", "MAX_SATURATION", "MIN_SATURATION", "THUMBNAIL_SIDE", "TissueMap",
+           "slide_tissue", "tissue_mask"]
 
 #: Lowest saturation (0..255) the Otsu threshold may take.
 MIN_SATURATION = 20
+#: Highest saturation (0..255) the Otsu threshold may take: glass is never this coloured.
+MAX_SATURATION = 50
 #: Highest grey level (0..255) under which an unsaturated pixel may count as tissue.
 MAX_DARK_GREY = 200
+#: Longer side of the thumbnail a slide's tissue mask is found on.
+THUMBNAIL_SIDE = 2048
 
 
 def tissue_mask(
@@ -29,7 +40,8 @@ def tissue_mask(
 ) -> np.ndarray:
     """``(h, w) bool``: tissue pixels of an ``(h, w, 3) uint8`` RGB thumbnail.
 
-    Pixels with saturation above ``max(Otsu, MIN_SATURATION)``, or a grey level at most
+    Pixels with saturation above Otsu's threshold clipped to ``[MIN_SATURATION,
+    MAX_SATURATION]``, or a grey level at most
     ``min(Otsu, MAX_DARK_GREY)`` (both after a 3x3 median, which drops isolated noisy
     pixels), are tissue; connected pieces under ``min_object`` pixels are removed and
     holes under ``max_hole`` pixels filled (thumbnail pixels).
@@ -47,7 +59,8 @@ def tissue_mask(
     grey = ndimage.median_filter((grey // 3).astype(np.uint8), size=3)
     s_cut = _otsu(sat) if sat.min() != sat.max() else 255.0
     g_cut = _otsu(grey) if grey.min() != grey.max() else 0.0
-    mask = (sat > max(s_cut, float(MIN_SATURATION))) | (grey <= min(g_cut, float(MAX_DARK_GREY)))
+    s_cut = min(max(s_cut, float(MIN_SATURATION)), float(MAX_SATURATION))
+    mask = (sat > s_cut) | (grey <= min(g_cut, float(MAX_DARK_GREY)))
     if min_object > 1:
         mask = _drop_small(mask, min_object)
     if max_hole > 0:
@@ -139,3 +152,14 @@ class TissueMap:
         s = self._sums
         total = s[b1, a1] - s[b0, a1] - s[b1, a0] + s[b0, a0]
         return float(total) / float((b1 - b0) * (a1 - a0))
+
+
+def slide_tissue(slide: Any, max_side: int = THUMBNAIL_SIDE) -> tuple[TissueMap, np.ndarray]:
+    """``(tissue map, thumbnail (h, w, 3) uint8)`` of a slide.
+
+    ``slide`` is a :class:`~stainadapt.data.slides.Slide` (anything with its
+    ``thumbnail(max_side) -> (image, downsample)``); the map is :func:`tissue_mask` of
+    the thumbnail, ``downsample`` level-0 pixels per map pixel.
+    """
+    thumb, downsample = slide.thumbnail(max_side)
+    return TissueMap(tissue_mask(thumb), downsample), thumb

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..data.slides import Slide, SlideView, open_slide
-from ..data.tissue import TissueMap, tissue_mask
+from ..data.tissue import THUMBNAIL_SIDE, TissueMap, slide_tissue
 from .predictor import SlidingWindowPredictor
 from .sharding import BandShards
 from .streaming import predict_rows_to_tiff
@@ -48,8 +48,6 @@ __all__ = [
     "read_mask_info",
 ]
 
-#: Longer side of the thumbnail the tissue mask is found on.
-THUMBNAIL_SIDE = 2048
 #: Most pixels of a level read to make that thumbnail (else windows are tested one by one).
 THUMBNAIL_MAX_READ = 2**26
 #: Relative difference of model and slide mpp under which the slide is read as it is.
@@ -124,8 +122,7 @@ def plan_slide(
             d = max(1.0, max(slide.dimensions) / THUMBNAIL_SIDE)
             lw, lh = slide.level_dimensions[slide.best_level(d)]
             if lw * lh <= THUMBNAIL_MAX_READ:
-                thumb, d = slide.thumbnail(THUMBNAIL_SIDE)
-                tmap = TissueMap(tissue_mask(thumb), d)
+                tmap, thumb = slide_tissue(slide, THUMBNAIL_SIDE)
         return SlidePlan(slide, _SlideRows(view, tmap), downsample, tmap, thumb, notes)
     except BaseException:
         slide.close()

@@ -189,3 +189,44 @@ def test_tissue_mask_finds_stain_not_glass():
     assert tmap.box_fraction(0, 0, 100, 100) == 0.0
     assert tmap.box_fraction(100, 100, 101, 101) == 0.0  # smaller than a mask pixel
     assert tmap.area_mm2(0.5) == pytest.approx(mask.sum() * (4 * 0.5e-3) ** 2)
+
+
+def test_a_section_filling_the_thumbnail_keeps_its_pale_stain():
+    from stainadapt.data.tissue import tissue_mask
+
+    rng = np.random.default_rng(0)
+    thumb = np.empty((200, 200, 3), np.float32)
+    thumb[:] = (242, 242, 240)  # a rim of glass
+    thumb[10:190, 10:190] = (215, 150, 185)  # pale pink over most of the picture
+    thumb[60:120, 60:120] = (90, 30, 110)  # a dark purple structure
+    thumb += rng.normal(0, 4, (200, 200, 1))
+    mask = tissue_mask(thumb.clip(0, 255).astype(np.uint8))
+    assert mask[11:189, 11:189].all() and not mask[:8].any() and not mask[:, :8].any()
+
+
+def test_bounds_are_the_scanned_area_else_the_full_slide(svs, tmp_path, image, monkeypatch):
+    from types import SimpleNamespace
+
+    from stainadapt.data.tiles import slide_origin
+
+    h, w = image.shape[:2]
+    with open_slide(svs) as slide:  # an SVS records no scanned-area bounds
+        assert slide.bounds == (0, 0, w, h) and slide_origin(slide) == (0, 0)
+        real = slide._osr
+        props = dict(real.properties)
+        # OpenSlide's properties of an MRXS whose scanned area starts at (100, 60).
+        props.update({"openslide.bounds-x": "100", "openslide.bounds-y": "60",
+                      "openslide.bounds-width": "800", "openslide.bounds-height": "500"})
+        monkeypatch.setattr(slide, "_osr", SimpleNamespace(properties=props, close=real.close))
+        assert slide.bounds == (100, 60, 800, 500) and slide_origin(slide) == (100, 60)
+        del props["openslide.bounds-width"], props["openslide.bounds-height"]
+        assert slide.bounds == (100, 60, w - 100, h - 60)
+    for backend in ("tifffile",):
+        with open_slide(svs, backend=backend) as slide:
+            assert slide.bounds == (0, 0, w, h)
+    png = tmp_path / "small.png"
+    from stainadapt.data.io import write_image
+
+    write_image(png, image[:64, :96])
+    with open_slide(png) as slide:
+        assert slide.bounds == (0, 0, 96, 64)

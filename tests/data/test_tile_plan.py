@@ -12,8 +12,9 @@ pytest.importorskip("shapely")
 from shapely.geometry import box  # noqa: E402
 
 from stainadapt.data.annotations import AnnotationSet  # noqa: E402
-from stainadapt.data.tile_plan import TileOptions, plan_tiles, tissue_mask  # noqa: E402
+from stainadapt.data.tile_plan import TileOptions, plan_tiles  # noqa: E402
 from stainadapt.data.tiles import pair_annotations  # noqa: E402
+from stainadapt.data.tissue import TissueMap  # noqa: E402
 from stainadapt.errors import InputError  # noqa: E402
 
 
@@ -38,11 +39,6 @@ def test_pairing_by_name_full_name_and_order():
 def test_pairing_problems_name_the_file(annotations, message):
     with pytest.raises(InputError, match=message):
         pair_annotations([Path("s/a.svs"), Path("s/b.ndpi")], [Path(a) for a in annotations])
-
-
-def test_tissue_mask_tells_stain_from_glass_and_black():
-    img = np.array([[[242, 242, 240], [200, 120, 170], [5, 5, 5], [90, 110, 170]]], np.uint8)
-    assert tissue_mask(img).tolist() == [[False, True, False, True]]
 
 
 def _annotations(glomeruli, regions=()):
@@ -70,7 +66,7 @@ def test_random_tiles_need_a_region_and_tissue():
     tissue = np.zeros((100, 100), bool)
     tissue[:, 50:] = True  # tissue on the right half only (x >= 500)
     anns = _annotations([box(100, 100, 150, 150)], [roi])
-    tiles, notes = plan_tiles(anns, (1000, 1000), 128.0, opts, rng, tissue, 10.0)
+    tiles, notes = plan_tiles(anns, (1000, 1000), 128.0, opts, rng, TissueMap(tissue, 10.0))
     randoms = [t for t in tiles if t.kind == "random"]
     assert len(randoms) == 2 and notes == []
     for t in randoms:
