@@ -88,7 +88,8 @@ def train(
         help="Crop side in pixels (multiple of 32).", rich_help_panel=_DATA)] = None,
     mpp: Annotated[float | None, typer.Option(
         "--mpp", help="Microns per pixel of the training tiles: recorded in model.json so "
-        "predict reads slides at this resolution.", rich_help_panel=_DATA)] = None,
+        "predict reads slides at this resolution (default: the source's tiles.json, from "
+        "stainadapt tiles).", rich_help_panel=_DATA)] = None,
     val_fraction: Annotated[float | None, typer.Option(
         help="Seeded validation split per domain (0.2).", rich_help_panel=_DATA)] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,

@@ -8,12 +8,19 @@ too in source-only with self-training). Only ``--select target`` reads the targe
 The crops of an epoch and their order depend only on ``(seed, epoch, stream)``: each
 epoch builds its crop datasets with an epoch-derived seed, so a resumed run sees the
 same batches as an uninterrupted one.
+
+The resolution of the tiles (:func:`tile_resolution`): a domain cut by ``stainadapt
+tiles`` records its microns per pixel in ``tiles.json``; without ``mpp`` in the config
+the run takes the source's, so ``model.json`` records it and ``predict`` reads slides
+at it. Domains of two resolutions, or an ``mpp`` the tiles contradict, are refused.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +29,8 @@ from ..config import TrainConfig
 from ..data.splits import domain_splits
 from ..errors import InputError
 
-__all__ = ["Domains", "load_domains", "EpochBatches", "epoch_seed", "prepare_batch"]
+__all__ = ["Domains", "load_domains", "EpochBatches", "epoch_seed", "prepare_batch",
+           "tile_resolution"]
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -45,6 +53,37 @@ class Domains:
     tgt_val: list[Any] = field(default_factory=list)
     tgt_labelled: bool = False
     oracle: bool = False
+
+
+def tile_resolution(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``mpp`` taken from the source's ``tiles.json`` when it has none.
+
+    Raises :class:`InputError` (one line naming the tile record) when the source and
+    target records give two resolutions, or when ``cfg.mpp`` differs from a record (by
+    more than 0.1%): a model trained on tiles of one resolution and told another would
+    have predict read slides at the wrong scale.
+    """
+    from ..data.tiles import SIDECAR, read_sidecar
+
+    recorded: list[tuple[str, float]] = []
+    source_mpp = None
+    for folder in (cfg.source, cfg.target):
+        data = read_sidecar(folder) if folder else None
+        if data is not None and data.get("mpp") is not None:
+            recorded.append((str(Path(folder) / SIDECAR), float(data["mpp"])))
+            source_mpp = float(data["mpp"]) if folder is cfg.source else source_mpp
+    if len(recorded) == 2 and not math.isclose(recorded[0][1], recorded[1][1], rel_tol=1e-3):
+        (src, a), (tgt, b) = recorded
+        raise InputError(f"{tgt}: target tiles at {b:g} um/px, source tiles ({src}) at "
+                         f"{a:g}; cut both domains at one resolution (stainadapt tiles --mpp)")
+    if cfg.mpp is not None:
+        for where, mpp in recorded:
+            if not math.isclose(cfg.mpp, mpp, rel_tol=1e-3):
+                raise InputError(f"{where}: tiles at {mpp:g} um/px, not --mpp {cfg.mpp:g}; "
+                                 "leave --mpp out (train takes the tiles' resolution) or "
+                                 "cut the tiles again")
+        return cfg
+    return cfg if source_mpp is None else replace(cfg, mpp=source_mpp)
 
 
 def _unmasked(sample: Any) -> Any:

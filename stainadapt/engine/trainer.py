@@ -54,7 +54,7 @@ from ..schedule import PHASES, epoch_phases
 from .build import build_augment, build_networks, fresh_ema, seed_everything
 from .callbacks import Callback, SkipCounter, default_callbacks
 from .callbacks.run_writer import CONFIG_FILE, METRICS_FILE
-from .domains import EpochBatches, epoch_seed, load_domains
+from .domains import EpochBatches, epoch_seed, load_domains, tile_resolution
 from .interrupts import hold_interrupts, sigterm_as_interrupt
 from .lr_schedule import GeneratorLR
 from .resume_rules import check_frozen, check_resume
@@ -99,7 +99,7 @@ class Trainer:
                  resume_state: dict[str, Any] | None = None,
                  steps: Mapping[str, StepFn] | None = None,
                  callbacks: list[Callback] | None = None) -> None:
-        self.cfg = cfg = config.validate()
+        self.cfg = cfg = tile_resolution(config.validate())
         self.world = distributed.world_size()
         self.rank = distributed.rank() if self.world > 1 else 0
         self.main = self.rank == 0  # only rank 0 writes, prints and shows progress

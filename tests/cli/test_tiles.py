@@ -253,3 +253,28 @@ def test_bounds_origin_moves_qupath_coordinates(slides, tmp_path, monkeypatch):
     (tile,) = record(tmp_path / "b")["tiles"]
     assert tile["annotation_origin"] == [0, 0]
     assert box(*tile["box"][:2], tile["box"][0] + 256, tile["box"][1] + 256).contains(moved)
+
+
+def test_train_takes_the_tiles_resolution(slides, tmp_path):
+    src, tgt, other = tmp_path / "pas", tmp_path / "masson", tmp_path / "coarse"
+    assert run(slides / "case1.svs", "-a", slides / "case1.geojson", "--out", src, "--mpp",
+               "0.5", "--size", "64", "--fully-annotated", "--negatives", "1").exit_code == 0
+    assert run(slides / "case2.svs", "--out", tgt, "--mpp", "0.5", "--size", "64",
+               "--tiles-per-slide", "4").exit_code == 0
+    assert run(slides / "case2.svs", "--out", other, "--mpp", "1", "--size", "64",
+               "--tiles-per-slide", "2").exit_code == 0
+    base = ["train", "--mode", "source-only", "--backbone", "resnet18", "--image-size", "64",
+            "--batch-size", "2", "--steps-per-epoch", "1", "--pretrain-epochs", "1",
+            "--adv-epochs", "0", "--samples", "0", "--device", "cpu", "--source", str(src)]
+    res = CliRunner().invoke(app, [*base, "--target", str(tgt), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r" / "model.json").read_text())["mpp"] == 0.5
+    # Two resolutions, or an --mpp the tiles contradict: one line, exit 2, nothing written.
+    for extra, needle in (
+        (["--target", str(other)], f"{other / 'tiles.json'}: target tiles at 1 um/px"),
+        (["--mpp", "0.25"], f"{src / 'tiles.json'}: tiles at 0.5 um/px, not --mpp 0.25"),
+    ):
+        res = CliRunner().invoke(app, [*base, *extra, "--out", str(tmp_path / "x")])
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and needle in lines[0], res.output
+        assert not (tmp_path / "x" / "model.json").exists()
