@@ -67,10 +67,12 @@ class PredictAdaptation:
 
     def __init__(self, predictor: SlidingWindowPredictor, settings: AdaptSettings,
                  out: Path, min_tissue: float, stream_min_pixels: int,
-                 progress: Callable[[str, int, int], None] | None) -> None:
+                 progress: Callable[[str, int, int], None] | None,
+                 mpp: tuple[float | None, float | None] = (None, None)) -> None:
         self.predictor, self.settings, self.out = predictor, settings, out
         self.model = predictor.model
         self.min_tissue, self.stream_min_pixels = min_tissue, stream_min_pixels
+        self.mpp = mpp
         self.progress = progress
         self.notes: list[str] = []
         self.loaded: Path | None = None
@@ -84,8 +86,12 @@ class PredictAdaptation:
                stats_file: str | Path | None, out: Path, min_tissue: float,
                stream_min_pixels: int,
                progress: Callable[[str, int, int], None] | None = None,
+               mpp: tuple[float | None, float | None] = (None, None),
                ) -> tuple[PredictAdaptation | None, list[str]]:
         """The adaptation to run, or ``None`` and a note when there is nothing to adapt.
+
+        ``mpp``: ``(the model's resolution, predict --mpp)``, so that the sample reads
+        slides at the scale their prediction reads them.
 
         ``stats_file`` is read (and checked against the model) here, on every rank:
         a file that does not fit is an :class:`InputError` before any prediction.
@@ -96,7 +102,7 @@ class PredictAdaptation:
         if stats_file is None and not adapted_state(model, "bn"):
             return None, ["the model has no BatchNorm layers (its normalisation is per "
                           f"image): nothing to adapt, --adapt {settings.mode} is ignored"]
-        self = cls(predictor, settings, out, min_tissue, stream_min_pixels, progress)
+        self = cls(predictor, settings, out, min_tissue, stream_min_pixels, progress, mpp)
         if stats_file is not None:
             state, meta = read_adapted_state(stats_file, model)
             apply_adapted_state(model, state)
@@ -163,7 +169,7 @@ class PredictAdaptation:
         p = self.predictor
         windows, notes = sample_windows(paths, p.tile, self.settings.windows,
                                         self.settings.seed, self.min_tissue,
-                                        self.stream_min_pixels)
+                                        self.stream_min_pixels, *self.mpp)
         self.notes.extend(notes)
         if len(windows) == 0:
             names = paths[0].name if len(paths) == 1 else "the inputs"

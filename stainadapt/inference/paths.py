@@ -259,7 +259,7 @@ def _predict_files(
     report = PredictReport()
     adaptation, notes = PredictAdaptation.create(
         predictor, opts.adapt_settings(), opts.adapted_stats, out, opts.min_tissue,
-        opts.stream_min_pixels, opts.adapt_progress)
+        opts.stream_min_pixels, opts.adapt_progress, (model_mpp, opts.mpp))
     report.notes.extend(notes if rank == 0 else [])
     if adaptation is not None:
         adaptation.start(files)

@@ -91,6 +91,54 @@ def test_sample_is_bounded_seeded_and_skips_glass(setup, tmp_path):
     assert np.array_equal(whole, streamed) and len(whole) == 6  # 3 x 2 grid, padded
 
 
+@pytest.fixture(scope="module")
+def slide_setup(tmp_path_factory):
+    """A 768 x 512 .svs at 0.5 um/px, glass on its left half, and a model at 1 um/px."""
+    from stainadapt.testing.slides import write_svs
+
+    root = tmp_path_factory.mktemp("adapt-slide")
+    (root / "in").mkdir()
+    save_model(root / "run", _net(), {"image_size": 64, "threshold": 0.5, "mpp": 1.0})
+    write_svs(root / "in" / "s.svs", _image(512, 768, 4, glass=True), mpp=0.5, power=20)
+    return root
+
+
+def test_slide_sample_is_read_at_the_model_mpp_on_tissue(slide_setup):
+    from stainadapt.inference.slides import plan_slide
+
+    path = slide_setup / "in" / "s.svs"
+    windows, notes = sample_windows([path], 64, 100, seed=2, model_mpp=1.0)
+    assert not any("left out" in n for n in notes)
+    plan = plan_slide(path, model_mpp=1.0)
+    try:
+        assert plan.reader.shape == (256, 384)  # the view prediction reads: 2x coarser
+        tissue = [(y, x) for y in range(0, 256, 64) for x in range(0, 384, 64)
+                  if plan.reader.tissue_fraction(y, x, 64) >= 0.01]
+        every = {plan.view.read_box(x, y, 64, 64).tobytes() for y, x in tissue}
+    finally:
+        plan.close()
+    # every tissue window under the prediction's tissue map, at its scale, and no other
+    assert 0 < len(windows) == len(tissue) < 24
+    assert {w.tobytes() for w in windows} == every
+    again, _ = sample_windows([path], 64, 5, seed=2, model_mpp=1.0)
+    assert np.array_equal(again, sample_windows([path], 64, 5, seed=2, model_mpp=1.0)[0])
+
+
+def test_predict_adapt_bn_on_a_slide(slide_setup, tmp_path):
+    path = slide_setup / "in" / "s.svs"
+    for out in ("o1", "o2"):
+        res = _predict(path, "--model", slide_setup / "run", "--out", tmp_path / out,
+                       "--adapt", "bn", "--adapt-windows", "8")
+        assert res.exit_code == 0, res.output
+        assert "left out" not in res.output and "adapted the model to the inputs" in res.output
+    assert _files(tmp_path / "o1", (".tif",)) == _files(tmp_path / "o2", (".tif",))
+    net, _ = load_model(slide_setup / "run")
+    state, meta = read_adapted_state(tmp_path / "o1" / "adapted-stats.safetensors", net)
+    trained = adapted_state(net, "bn")
+    assert all(not torch.equal(state[k], trained[k]) for k in state if "running_var" in k)
+    assert meta["sources"] == ["s.svs"] and meta["sample"] == 8
+
+
 def test_unreadable_file_is_left_out_with_a_note(setup, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
