@@ -31,11 +31,23 @@ _HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safet
 def published_cfg(name: str) -> dict[str, Any]:
     """The ``pretrained_cfg`` timm holds for ``name`` (a timm name, tag allowed).
 
-    Hub names (``hf-hub:org/name``) have theirs in the repository's config.json; for
-    them only the repository is known here.
+    Hub names (``hf-hub:org/name``) have theirs in the repository's config.json, read
+    from the cache when it is there (else only the repository is known).
     """
     if name.startswith(HUB_PREFIX):
-        return {"hf_hub_id": name[len(HUB_PREFIX):], "architecture": None}
+        repo = name[len(HUB_PREFIX):]
+        cfg: dict[str, Any] = {}
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(repo.partition("@")[0], "config.json")
+        if isinstance(config, str):  # cached: its pretrained_cfg has the tag and mean/std
+            import json
+
+            try:
+                cfg = dict(json.loads(Path(config).read_text()).get("pretrained_cfg") or {})
+            except (OSError, ValueError, AttributeError):
+                cfg = {}
+        return {**cfg, "hf_hub_id": repo}
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(name, allow_unregistered=False)

@@ -71,11 +71,14 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_freeze_encoder_epochs_hold_weights_and_statistics_then_train(tmp_path, domains):
-    cfg = _cfg(tmp_path / "run", domains, pretrain_epochs=3, freeze_encoder_epochs=2)
+    cfg = _cfg(tmp_path / "run", domains, pretrain_epochs=3, freeze_encoder_epochs=2,
+               ema=0.5, bn_recalibration=1)
     trainer = Trainer(cfg)
     encoder, decoder = _clone(trainer.model.encoder), _clone(trainer.model.decoder)
     trainer.fit(max_epochs=1)
     assert _same(_clone(trainer.model.encoder), encoder)  # weights and BN running stats
+    # the average, recalibrated before validation, keeps the frozen statistics too
+    assert _same(_clone(trainer.ema.module.encoder), encoder)
     assert not _same(_clone(trainer.model.decoder), decoder)
     trainer.model.train()
     assert not trainer.model.encoder.training and trainer.model.decoder.training

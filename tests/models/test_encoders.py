@@ -165,6 +165,8 @@ def test_hub_model_rebuilds_offline_from_model_json(offline, tmp_path):
     meta = read_meta(tmp_path / "run")
     assert meta["encoder"]["timm_name"] == "resnet10t"
     assert meta["encoder"]["weights"]["sha256"] and meta["input_norm"]["mean"] == HUB_MEAN
+    status = weights_status("hf-hub:lab/tiny-resnet")
+    assert status["cached"] and status["mean"] == HUB_MEAN and status["tag"] == "lab"
     weights.unlink()  # the cache is gone: the run folder alone rebuilds G
     (weights.parent / "config.json").unlink()
     loaded, _ = load_model(tmp_path / "run")
@@ -246,3 +248,19 @@ def test_old_run_folders_keep_their_input_path(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
+
+
+def test_info_says_levels_normalisation_and_cache(offline):
+    import timm as _timm
+
+    res = runner.invoke(app, ["info", "--backbone", "convnext_atto", "--image-size", "64",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    enc = json.loads(res.output)["encoder"]
+    assert enc["stem"] and enc["levels"] == [0, 1, 2, 3]
+    assert enc["strides"] == [2, 4, 8, 16, 32] and enc["weights"]["cached"] is False
+    fill_hub_cache(offline, "timm/resnet10t.c3_in1k", _timm.create_model("resnet10t").state_dict())
+    res = runner.invoke(app, ["info", "--backbone", "resnet10t", "--image-size", "64"])
+    assert res.exit_code == 0, res.output
+    assert "levels [0, 1, 2, 3, 4] at strides [2, 4, 8, 16, 32]" in res.output
+    assert "mean [0.485, 0.456, 0.406]" in res.output and "cached at" in res.output

@@ -28,5 +28,7 @@ class EncoderFreeze(Callback):
         if bool(getattr(model, "encoder_frozen", False)) == frozen:
             return
         model.freeze_encoder(frozen)
+        if t.ema is not None:  # its BatchNorm statistics stay those of the frozen encoder
+            t.ema.module.encoder_frozen = frozen
         if t.world > 1:  # DDP records which parameters take gradients when it wraps
             t.g = distributed.wrap(model, t.device)
