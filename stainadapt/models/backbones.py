@@ -182,10 +182,10 @@ def timm_backbone(name: str, pretrained: str | None = None, in_chans: int = 3,
     downloaded when not cached and the network is allowed; see :mod:`.encoders`).
     ``out_indices``: the levels to use (what model.json records); chosen from the
     model's ``feature_info`` when not given. ``model_args``: extra ``create_model``
-    arguments (a hub model's config.json ``model_args``). Raises :class:`PluginError` for an unknown
-    name or a model without a multi-scale pyramid.
+    arguments (a hub model's config.json ``model_args``). Raises :class:`PluginError`
+    for an unknown name or a model without a multi-scale pyramid.
     """
-    kwargs: dict[str, Any] = {"pretrained": False, "in_chans": in_chans, **(model_args or {})}
+    kwargs: dict[str, Any] = {**(model_args or {}), "pretrained": False, "in_chans": in_chans}
     if out_indices is None:
         probe = _create(name, **kwargs)
         reductions = list(probe.feature_info.reduction())

@@ -33,7 +33,7 @@ from ..registry import create, parse_spec, plugin_names
 from .backbones import PUBLISHED, timm_backbone
 from .hub import HUB_PREFIX, cached_weights, published_cfg, sha256_file
 
-__all__ = ["parse_backbone", "timm_name", "build_encoder", "encoder_record",
+__all__ = ["parse_backbone", "timm_name", "build_encoder", "encoder_record", "safe_model_args",
            "encoder_from_record", "InputNormalization", "input_stats", "weights_status"]
 
 #: The spec name of the generic timm path (``timm:name=...`` / ``timm:hf_hub=...``).
@@ -66,6 +66,28 @@ def timm_name(spec: str) -> tuple[str | None, dict[str, Any]]:
     return name, options
 
 
+#: ``create_model`` arguments an encoder spec or record may not set: they load files or
+#: weights, or are stainadapt's to choose. model.json is data; it must not make timm read
+#: a checkpoint (timm unpickles those) or reach the network.
+RESERVED_ARGS = frozenset({
+    "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path",
+    "cache_dir", "features_only", "out_indices", "feature_cfg", "feature_cls",
+    "scriptable", "exportable", "no_jit"})
+
+
+def safe_model_args(args: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``args`` checked as plain ``create_model`` arguments (scalars or lists of them)."""
+    out: dict[str, Any] = {}
+    for key, value in dict(args).items():
+        if key in RESERVED_ARGS:
+            raise PluginError(f"{where}: the encoder option {key!r} cannot be set here")
+        items = value if isinstance(value, list) else [value]
+        if not all(v is None or isinstance(v, bool | int | float | str) for v in items):
+            raise PluginError(f"{where}: encoder option {key}={value!r} is not a plain value")
+        out[str(key)] = value
+    return out
+
+
 def build_encoder(spec: str, pretrained: str | None = None, in_chans: int = 3) -> nn.Module:
     """The encoder a ``--backbone`` spec names (see the module docstring for the order)."""
     source, options = timm_name(spec)
@@ -75,6 +97,7 @@ def build_encoder(spec: str, pretrained: str | None = None, in_chans: int = 3) -
             extra["in_chans"] = in_chans
         return create("backbones", spec, **extra)
     in_chans = int(options.pop("in_chans", in_chans))
+    options = safe_model_args(options, f"backbone {spec!r}")
     model = timm_backbone(source, pretrained, in_chans, model_args=options)
     model.timm_model_args = dict(options)
     return model
@@ -136,10 +159,19 @@ def encoder_record(encoder: nn.Module, pretrained: str | None) -> dict[str, Any]
 
 
 def encoder_from_record(record: Mapping[str, Any], in_chans: int = 3) -> nn.Module:
-    """The encoder of a model.json ``encoder`` record, random weights, no network."""
-    return timm_backbone(str(record["timm_name"]), None, in_chans,
-                         out_indices=record["out_indices"],
-                         model_args=dict(record.get("model_args") or {}))
+    """The encoder of a model.json ``encoder`` record, random weights, no network.
+
+    The record is data: its timm name is looked up in timm's registry (a hub name, which
+    would fetch a config, is refused), its model arguments must be plain values.
+    """
+    name = record.get("timm_name")
+    indices = record.get("out_indices")
+    if not isinstance(name, str) or ":" in name or "/" in name:
+        raise PluginError(f"encoder record: timm_name {name!r} is not a timm model name")
+    if not isinstance(indices, list) or not all(isinstance(i, int) for i in indices):
+        raise PluginError(f"encoder record: out_indices {indices!r} is not a list of integers")
+    args = safe_model_args(record.get("model_args") or {}, "encoder record")
+    return timm_backbone(name, None, in_chans, out_indices=indices, model_args=args)
 
 
 class InputNormalization(nn.Module):
