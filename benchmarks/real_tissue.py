@@ -28,8 +28,10 @@ skipped, so an interrupted benchmark resumes.
     python benchmarks/real_tissue.py ../shared/data/real-pas-aidpath --part b --seeds 3
 
 ``--budget full`` is the long version for a GPU; ``--set key=value`` overrides a training
-field of the ``recipe`` rows (e.g. ``--set foreground_share=0``), ``--pretrained FILE``
-starts every encoder from a local weights file. ``--adapt bn`` (or ``tent``) adds, for
+field of the ``recipe`` rows (e.g. ``--set foreground_share=0``, ``--set
+backbone=convnext_tiny``), ``--pretrained FILE`` starts the recipe rows' encoders from a
+local weights file and ``--pretrained imagenet`` from the encoder's published weights
+(timm's Hugging Face cache; docs/encoders.md). ``--adapt bn`` (or ``tent``) adds, for
 each recipe row of part (a), a row ``recipe+adabn`` (``recipe+tent``): the same model
 evaluated after test-time adaptation over the fold's test tiles. Test-time adaptation
 changes BatchNorm models only; the ``real`` recipe's default G normalises per image
@@ -390,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="KEY=VALUE: a training field of the recipe rows (repeatable)")
     p.add_argument("--tag", default="", help="suffix of the recipe rows' names")
-    p.add_argument("--pretrained", default=None, help="local encoder weights file")
+    p.add_argument("--pretrained", default=None,
+                   help="encoder weights of the recipe rows: a local file, or imagenet")
     p.add_argument("--part", choices=["a", "b"], default="a",
                    help="a: in-domain folds; b: synthetic PASM -> real PAS, no target labels")
     p.add_argument("--seed", type=int, default=0, help="part (a)'s seed")

@@ -83,8 +83,12 @@ class TrainConfig:
     # "cosine"/"poly" decay to 0 at the last step, after warmup_steps of linear ramp-up
     lr_schedule: str = "constant"
     warmup_steps: int = 0
-    # the encoder's learning rate as a fraction of lr (its own parameter group)
-    encoder_lr_scale: float = 1.0
+    # the encoder's learning rate as a multiple of lr (its own parameter group; e.g. 0.1
+    # for a pretrained encoder). Older config.toml files call it encoder_lr_scale.
+    encoder_lr_mult: float = 1.0
+    # the encoder frozen (no updates, BatchNorm statistics fixed) during the first N
+    # pretraining epochs, then trained; 0: never frozen
+    freeze_encoder_epochs: int = 0
     # G's adversarial term (engine/losses.py): "flip" = alpha * BCE(D, flipped label), the
     # non-saturating form (default); "minimax" = -alpha * BCE(D, true label), the
     # paper's Eq. 4 as written, whose gradient fades where D is right
@@ -172,9 +176,9 @@ class TrainConfig:
             raise InputError(f"select_smoothing must be in [0, 1), got {self.select_smoothing}")
         if not 0.0 <= self.foreground_share <= 1.0:
             raise InputError(f"foreground_share must be in [0, 1], got {self.foreground_share}")
-        if not (math.isfinite(self.encoder_lr_scale) and self.encoder_lr_scale > 0):
-            raise InputError(f"encoder_lr_scale must be a positive number, "
-                             f"got {self.encoder_lr_scale}")
+        if not (math.isfinite(self.encoder_lr_mult) and self.encoder_lr_mult > 0):
+            raise InputError(f"encoder_lr_mult must be a positive number, "
+                             f"got {self.encoder_lr_mult}")
         if self.steps:
             if self.steps_per_epoch <= 0:
                 raise InputError("steps needs steps_per_epoch > 0 (e.g. --steps 600 "
@@ -183,6 +187,9 @@ class TrainConfig:
                 raise InputError(f"steps {self.steps} must be a multiple of steps_per_epoch "
                                  f"{self.steps_per_epoch}")
             self.pretrain_epochs = self.steps // self.steps_per_epoch
+        if not 0 <= self.freeze_encoder_epochs <= max(self.pretrain_epochs, 0):
+            raise InputError(f"freeze_encoder_epochs must be in 0..pretrain_epochs "
+                             f"({self.pretrain_epochs}), got {self.freeze_encoder_epochs}")
         if self.amp not in AMPS:
             raise InputError(f"amp {self.amp!r} is not one of {', '.join(AMPS)}")
         if self.mode == "source-only" and self.discs:
@@ -286,9 +293,18 @@ def _check_type(key: str, value: Any, where: str) -> Any:
     return value
 
 
+#: Keys older config.toml files use for a field under its present name.
+RENAMED = {"encoder_lr_scale": "encoder_lr_mult"}
+
+
 def _check_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
+        if key in RENAMED:
+            if RENAMED[key] in data:
+                raise InputError(f"{where}: {key} and {RENAMED[key]} are the same setting "
+                                 f"(its old and new name); give {RENAMED[key]} only")
+            key = RENAMED[key]
         if key not in _FIELDS:
             valid = ", ".join(sorted(_FIELDS))
             raise InputError(f"{where}: unknown key {key!r}; valid keys: {valid}")

@@ -170,6 +170,8 @@ def _contract(meta: dict[str, Any], fmt: str, baked_in: bool) -> dict[str, Any]:
         "threshold": meta.get("threshold", 0.5),
         "image_size": meta.get("image_size"),
         "backbone": meta.get("backbone"),
+        # applied inside the graph, after x / 255: the encoder's pretrained mean/std
+        "input_norm_in_graph": meta.get("input_norm"),
         "normalizer": meta.get("normalizer"),
         "stainadapt_version": __version__,
         "trained_with": meta.get("stainadapt_version"),

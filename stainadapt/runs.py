@@ -6,7 +6,9 @@ A trained model is two files in the run folder, so ``predict`` needs nothing els
   (safetensors: no pickle, so loading a model from someone else runs no code);
 * ``model.json``: how to rebuild the network and use it (``backbone``, ``image_size``,
   ``mpp`` (microns per pixel of the training tiles, or null), ``threshold``,
-  ``decoder_channels``, ``normalizer``, ``stainadapt_version``, ``mode``, ``discs``).
+  ``decoder_channels``, ``normalizer``, ``stainadapt_version``, ``mode``, ``discs``,
+  ``encoder``: the resolved timm architecture and the starting weights' tag and sha256,
+  ``input_norm``: the mean/std G applies to its input, or null).
 
 Both are written atomically (:mod:`stainadapt.atomic`): a run killed mid-write leaves
 the old file or the new one, never half of one. ``model.safetensors`` is written before
@@ -141,6 +143,10 @@ def meta_defaults(model: Any) -> dict[str, Any]:
         "stainadapt_version": __version__,
         "mode": None,
         "discs": [],
+        # how to rebuild the encoder offline and the weights it started from
+        # (models/encoders.py encoder_record), and the input normalisation in G
+        "encoder": getattr(model, "encoder_record", None),
+        "input_norm": getattr(model, "input_stats", None),
     }
 
 
@@ -213,9 +219,10 @@ def read_weights(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
     """Rebuild the network of a run folder: ``(SegmentationNet in eval mode, meta)``.
 
-    Reads only ``model.safetensors`` and ``model.json`` (no pickle). A backbone that is
-    not installed as a plugin is refused with the list of those that are; weights that
-    do not fit the network are refused naming the file.
+    Reads only ``model.safetensors`` and ``model.json`` (no pickle), and nothing from the
+    network: a timm or hub encoder is rebuilt from model.json's ``encoder`` record, the
+    input normalisation from its ``input_norm``. An unknown backbone is refused with the
+    closest names; weights that do not fit the network are refused naming the file.
     """
     run = _run_folder(run_dir)
     meta = read_meta(run)
@@ -223,21 +230,27 @@ def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[An
     import torch
 
     from .errors import PluginError
+    from .models.encoders import parse_backbone
     from .models.unet import SegmentationNet
     from .registry import plugin_names
 
     backbone = meta["backbone"]
-    known = plugin_names("backbones")
-    if backbone not in known:
-        raise InputError(
-            f"{run / MODEL_META}: unknown backbone {backbone!r}; "
-            f"installed: {', '.join(known) or 'none'} (install the plugin that provides it)"
-        )
     kwargs: dict[str, Any] = {"backbone": backbone, "pretrained": None}
+    record = meta.get("encoder")
+    # A plugin name rebuilds through its plugin (as runs before the record did); any
+    # other backbone from the record, offline; a record-less timm name by name.
+    try:
+        plugin = parse_backbone(backbone)[0] in plugin_names("backbones")
+    except PluginError:
+        plugin = False
+    if isinstance(record, dict) and not plugin:
+        kwargs["encoder_record"] = record
     if meta.get("decoder_channels"):
         kwargs["decoder_channels"] = tuple(int(c) for c in meta["decoder_channels"])
     if meta.get("norm", "batch") != "batch":  # runs before the field are BatchNorm
         kwargs["norm"] = meta["norm"]
+    if meta.get("input_norm"):  # runs without it take the input as it comes
+        kwargs["input_norm"] = meta["input_norm"]
     try:
         model = SegmentationNet(**kwargs)
     except PluginError as exc:

@@ -15,9 +15,9 @@ app = typer.Typer()
 
 @app.command("info")
 def info(
-    backbone: Annotated[str, typer.Option(help="Backbone of G (a backbones plugin).")] = (
-        "resnet34"
-    ),
+    backbone: Annotated[str, typer.Option(
+        help="Encoder of G: a backbones plugin, a timm name (tag allowed) or "
+        "hf-hub:org/name.")] = "resnet34",
     disc: Annotated[
         list[str] | None,
         typer.Option("--disc", help="Discriminator spec, e.g. mirrored or single:layer=f9."),
@@ -58,3 +58,26 @@ def info(
     for name, (c, h, w) in summary["features"].items():
         feats.add_row(name, str(c), str(h), str(w), str(size // h))
     stdout.print(feats)
+    for line in encoder_lines(summary["encoder"]):
+        stdout.print(line, highlight=False, soft_wrap=True)
+
+
+def encoder_lines(enc: dict) -> list[str]:
+    """The encoder's levels, stem, input normalisation and cached weights, as text."""
+    levels = enc.get("levels")
+    stem = " + a learned stride-2 stem in G (f0)" if enc["stem"] else ""
+    lines = [f"encoder: timm {enc.get('timm_name') or '(plugin)'}, levels {levels} at "
+             f"strides {enc['strides'][1 if enc['stem'] else 0:]}{stem}"]
+    w = enc["weights"]
+    if w.get("mean"):
+        lines.append(f"input normalisation with --pretrained: mean {w['mean']}, std "
+                     f"{w['std']} (random init: none, inputs in 0..1 as they are)")
+    if w.get("cached") is None:
+        lines.append("pretrained weights: none published (give --pretrained FILE)")
+    else:
+        where = w.get("hf_hub_id") or "timm"
+        state = f"cached at {w['file']}" if w["cached"] else (
+            "not cached (downloaded on first --pretrained imagenet; offline: "
+            "--pretrained FILE)")
+        lines.append(f"pretrained weights ({w.get('tag')}, {where}): {state}")
+    return lines

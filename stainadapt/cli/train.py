@@ -28,12 +28,17 @@ def train(
     disc: Annotated[list[str] | None, typer.Option(
         "--disc", help="Discriminator spec, repeatable: --disc mirrored --disc shape "
         "or --disc single:layer=f9,weight=0.05.")] = None,
-    backbone: Annotated[str | None, typer.Option(help="Encoder (default resnet34).")] = None,
+    backbone: Annotated[str | None, typer.Option(
+        help="Encoder (default resnet34): a backbones plugin, any timm CNN by name and "
+        "tag (convnext_tiny, resnet34.a1_in1k) or a hub model (hf-hub:org/name); see "
+        "docs/encoders.md.")] = None,
     norm: Annotated[str | None, typer.Option(
         help="G's normalisation: batch (BatchNorm), group or instance (per-image "
         "statistics).")] = None,
     pretrained: Annotated[str | None, typer.Option(
-        help="Local encoder weights file (nothing is downloaded).")] = None,
+        help="Encoder weights: a local file (safetensors or state dict), or imagenet / "
+        "default for the model's published weights through timm's Hugging Face cache "
+        "(HF_HUB_OFFLINE=1: cache only).")] = None,
     init: Annotated[str | None, typer.Option(
         help="Start G from this run's model (e.g. a source-only run to adapt; same "
         "backbone); usually with --pretrain-epochs 0.")] = None,
@@ -81,9 +86,12 @@ def train(
     warmup_steps: Annotated[int | None, typer.Option(
         help="Linear learning-rate warm-up over this many G steps.",
         rich_help_panel=_OPT)] = None,
-    encoder_lr_scale: Annotated[float | None, typer.Option(
-        help="The encoder's learning rate as a fraction of --lr (its own parameter "
+    encoder_lr_mult: Annotated[float | None, typer.Option(
+        help="The encoder's learning rate as a multiple of --lr (its own parameter "
         "group; e.g. 0.1 for a pretrained encoder).", rich_help_panel=_OPT)] = None,
+    freeze_encoder_epochs: Annotated[int | None, typer.Option(
+        help="Keep the encoder frozen (no updates, BatchNorm statistics fixed) for the "
+        "first N pretraining epochs, then train it.", rich_help_panel=_OPT)] = None,
     image_size: Annotated[int | None, typer.Option(
         help="Crop side in pixels (multiple of 32).", rich_help_panel=_DATA)] = None,
     mpp: Annotated[float | None, typer.Option(
@@ -159,7 +167,8 @@ def train(
         "self_train_rounds": self_train_rounds, "self_train_epochs": self_train_epochs,
         "batch_size": batch_size, "lr": lr, "disc_lr": disc_lr, "dice_weight": dice_weight,
         "ema": ema, "adv_loss": adv_loss, "lr_schedule": lr_schedule,
-        "warmup_steps": warmup_steps, "encoder_lr_scale": encoder_lr_scale,
+        "warmup_steps": warmup_steps, "encoder_lr_mult": encoder_lr_mult,
+        "freeze_encoder_epochs": freeze_encoder_epochs,
         "augment_profile": augment_profile, "foreground_share": foreground_share,
         "select_smoothing": select_smoothing, "bn_recalibration": bn_recalibration,
         "image_size": image_size, "mpp": mpp, "val_fraction": val_fraction, "seed": seed,

@@ -45,18 +45,20 @@ def make_adam(params: list[torch.nn.Parameter] | list[dict[str, Any]], lr: float
 def generator_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """G's Adam parameter groups: one, or the encoder and the rest.
 
-    With ``encoder_lr_scale`` 1 G is one group, as in every run before the option (so
+    With ``encoder_lr_mult`` 1 G is one group, as in every run before the option (so
     their ``state.pt`` still loads); otherwise the encoder (``model.encoder``) learns at
-    ``lr * encoder_lr_scale`` in a group of its own, the decoder and head at ``lr``.
+    ``lr * encoder_lr_mult`` in a group of its own, the decoder, head (and a stem) at
+    ``lr``. Self-training's fresh Adam copies these groups, a rollback scales both, and
+    ``state.pt`` keeps them, so the ratio holds for the whole run.
     With an lr schedule each group records its ``base_lr``, what the schedule scales.
     """
-    if cfg.encoder_lr_scale == 1.0:
+    if cfg.encoder_lr_mult == 1.0:
         groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
     else:
         encoder = list(model.encoder.parameters())
         ids = {id(p) for p in encoder}
         rest = [p for p in model.parameters() if id(p) not in ids]
-        groups = [{"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale},
+        groups = [{"params": encoder, "lr": cfg.lr * cfg.encoder_lr_mult},
                   {"params": rest, "lr": cfg.lr}]
     if cfg.lr_schedule != "constant" or cfg.warmup_steps > 0:
         for group in groups:
@@ -120,6 +122,13 @@ def init_from_run(model: torch.nn.Module, run: str, backbone: str) -> None:
     except RuntimeError:
         raise InputError(f"{run}: --init weights do not fit this network "
                          "(different decoder channels?)") from None
+    if meta.get("input_norm"):  # the weights expect the input normalised as they were
+        from ..models.encoders import InputNormalization
+
+        model.input_norm = InputNormalization(meta["input_norm"]["mean"],
+                                              meta["input_norm"]["std"])
+        if meta.get("encoder"):
+            model.encoder_record = meta["encoder"]
 
 
 @dataclass
@@ -147,7 +156,9 @@ def build_networks(cfg: TrainConfig, device: torch.device, world: int,
     from ..registry import create
 
     seed_everything(cfg.seed)
-    model = SegmentationNet(backbone=cfg.backbone, pretrained=cfg.pretrained, norm=cfg.norm)
+    # a resumed run's state.pt holds G: its starting weights are not read again
+    model = SegmentationNet(backbone=cfg.backbone, pretrained=cfg.pretrained, norm=cfg.norm,
+                            load_weights=not resuming)
     if cfg.init and not resuming:
         init_from_run(model, cfg.init, cfg.backbone)
     discs = [create("discriminators", spec, model.feature_table) for spec in cfg.discs]

@@ -20,13 +20,14 @@ __all__ = ["FROZEN_ON_RESUME", "GROWABLE_ON_RESUME", "FIXED_ON_RESUME", "check_f
 
 #: Fields that define the networks and the data.
 FROZEN_ON_RESUME = ("mode", "discs", "backbone", "image_size", "source", "target", "normalize",
-                    "norm")
+                    "norm", "pretrained")
 #: Epoch counts: a resumed run may raise them.
 GROWABLE_ON_RESUME = ("pretrain_epochs", "disc_epochs", "adv_epochs", "self_train_rounds",
                       "self_train_epochs", "steps")
 #: The rest of the schedule (``selection``: the effective ``--select`` rule).
 FIXED_ON_RESUME = ("steps_per_epoch", "batch_size", "selection", "val_fraction", "seed",
-                   "lr_schedule", "warmup_steps", "encoder_lr_scale", "foreground_share",
+                   "freeze_encoder_epochs",
+                   "lr_schedule", "warmup_steps", "encoder_lr_mult", "foreground_share",
                    "select_smoothing", "bn_recalibration")
 
 

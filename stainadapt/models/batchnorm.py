@@ -38,16 +38,18 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     the layers' momentum and the model's train/eval mode are restored afterwards.
     Returns the number of batches seen (0 leaves the statistics as they were).
     """
-    layers = batchnorm_layers(model)
+    was_training = model.training
+    model.train()
+    # a layer that stays in eval mode under train() (a frozen encoder's) keeps its own
+    layers = [m for m in batchnorm_layers(model) if m.training]
     if not layers:  # per-sample normalisation: nothing to estimate
+        model.train(was_training)
         return 0
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(),
               m.momentum) for m in layers]
     for m in layers:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
-    was_training = model.training
-    model.train()
     seen = 0
     try:
         for x in batches:

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..registry import create
 from .unet import SegmentationNet, check_input_size
 
-__all__ = ["count_params", "forward_flops", "model_summary"]
+__all__ = ["count_params", "forward_flops", "encoder_summary", "model_summary"]
 
 
 def count_params(module: nn.Module) -> int:
@@ -32,6 +32,27 @@ def forward_flops(fn: Any, *args: Any) -> tuple[int, Any]:
     return counter.get_total_flops(), result
 
 
+def encoder_summary(net: SegmentationNet, backbone: str) -> dict[str, Any]:
+    """The encoder's resolved levels and the weights it would start from.
+
+    ``{"timm_name", "levels": [timm level indices], "strides": [f0..f4 strides],
+    "stem": bool, "weights": {"tag", "hf_hub_id", "cached", "file", "mean", "std"}}``;
+    ``cached`` says whether ``--pretrained imagenet`` finds the weights in the local
+    cache (checked without network); mean/std are the input normalisation G applies
+    with them (random init: none).
+    """
+    from .encoders import weights_status
+
+    record = net.encoder_record or {}
+    return {
+        "timm_name": record.get("timm_name"),
+        "levels": record.get("out_indices"),
+        "strides": [net.feature_table[f"f{i}"][1] for i in range(5)],
+        "stem": net.stem is not None,
+        "weights": weights_status(backbone),
+    }
+
+
 def model_summary(
     backbone: str = "resnet34",
     discs: Sequence[str] = (),
@@ -41,7 +62,8 @@ def model_summary(
 
     Returns ``{"generator": {"params", "gflops", "backbone"}, "discriminators":
     {spec: {"params", "gflops", "kind", "consumes", "weights"}}, "features":
-    {"f0": [C, H, W], ...}, "image_size": N}``. Runs on the CPU, one image.
+    {"f0": [C, H, W], ...}, "image_size": N, "encoder": encoder_summary(...)}``. Runs
+    on the CPU, one image, random weights (nothing is read or downloaded).
     """
     check_input_size(image_size, image_size)
     net = SegmentationNet(backbone).eval()
@@ -52,6 +74,7 @@ def model_summary(
         "discriminators": {},
         "features": {k: list(v.shape[1:]) for k, v in feats.items()},
         "image_size": image_size,
+        "encoder": encoder_summary(net, backbone),
     }
     inputs = dict(feats, mask=torch.sigmoid(logits))
     for spec in discs:

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, PluginError
-from ..registry import create
 
 __all__ = ["SegmentationNet", "DecoderBlock", "FEATURE_NAMES", "check_input_size"]
 
@@ -67,20 +66,34 @@ def check_input_size(height: int, width: int, multiple: int = 32) -> None:
 
 
 class SegmentationNet(nn.Module):
-    """U-Net on a registered backbone; one logit channel at input resolution.
+    """U-Net on an encoder; one logit channel at input resolution.
 
     Args:
-        backbone: a backbone plugin spec (``"resnet34"``, ``"efficientnet_b0"``, ...).
-        pretrained: local weights file for the encoder, or ``None``.
+        backbone: an encoder spec: a backbones plugin (``"resnet34"``), a timm name
+            (``"convnext_tiny"``, ``"resnet34.a1_in1k"``) or a hub model
+            (``"timm:hf_hub=org/name"``); see :mod:`stainadapt.models.encoders`.
+        pretrained: ``None`` (random init), a local weights file for the encoder, or
+            ``"imagenet"``/``"default"`` (the model's published weights, via timm).
         decoder_channels: output channels of the five decoder blocks (f5..f9).
         in_chans: input channels (3 for RGB).
         norm: ``"batch"`` (BatchNorm, as the backbone comes), ``"group"`` or ``"instance"``
             (every BatchNorm of encoder and decoder replaced by per-sample normalisation,
             :func:`~stainadapt.models.batchnorm.replace_batchnorm`).
+        encoder_record: rebuild the encoder from a model.json ``encoder`` record instead
+            of resolving ``backbone`` (offline; random weights until loaded).
+        input_norm: ``{"mean": [...], "std": [...]}`` applied to the input (0..1) before
+            the encoder; by default the statistics the pretrained weights expect, and
+            none for random init (the input then goes in as it comes).
+        load_weights: False builds G as ``pretrained`` says (input normalisation,
+            record) but leaves the encoder's weights random, for a caller that loads its
+            own (a resumed run); nothing is read or downloaded.
 
     ``forward(x)`` takes ``(B, in_chans, H, W)`` with H, W multiples of 32 and returns
     logits ``(B, 1, H, W)``; with ``return_features=True`` it returns
     ``(logits, {"f0": ..., "f9": ...})``, the very tensors of the forward pass (no copies).
+    An encoder whose pyramid starts at stride 4 (ConvNeXt, ...) gets ``stem``: two
+    conv-BN-ReLU from the input, the first at stride 2, which make f0 (learned, and not
+    part of the encoder: it trains at the full learning rate and is never frozen).
     """
 
     def __init__(
@@ -90,28 +103,58 @@ class SegmentationNet(nn.Module):
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         in_chans: int = 3,
         norm: str = "batch",
+        encoder_record: dict | None = None,
+        input_norm: dict | None = None,
+        load_weights: bool = True,
     ) -> None:
         super().__init__()
+        from .encoders import (
+            InputNormalization,
+            build_encoder,
+            encoder_from_record,
+            input_stats,
+        )
+        from .encoders import encoder_record as make_record
+
         decoder_channels = tuple(int(c) for c in decoder_channels)
         if len(decoder_channels) != 5:
             raise InputError(
                 f"decoder_channels must have 5 entries (one per decoder block), "
                 f"got {decoder_channels}"
             )
-        options = {"pretrained": pretrained}
-        if in_chans != 3:
-            options["in_chans"] = in_chans
-        self.encoder = create("backbones", backbone, **options)
+        if encoder_record is not None:
+            self.encoder = encoder_from_record(encoder_record, in_chans)
+            self.encoder_record: dict | None = dict(encoder_record)
+        else:
+            self.encoder = build_encoder(backbone, pretrained if load_weights else None,
+                                         in_chans)
+            self.encoder_record = make_record(self.encoder, pretrained)
         self.backbone_name = backbone
         self.decoder_channels = decoder_channels
         self.in_chans = in_chans
+        self.encoder_frozen = False
+        if input_norm is None and encoder_record is None:
+            input_norm = input_stats(self.encoder, pretrained)
+        self.input_norm = (InputNormalization(input_norm["mean"], input_norm["std"])
+                           if input_norm else None)
         info = self.encoder.feature_info
         enc_channels = list(info.channels())
         strides = list(info.reduction())
+        self.stem: nn.Module | None = None
+        if strides == [4, 8, 16, 32]:  # the pyramid starts at stride 4: f0 from a stem
+            width = 32
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                *_conv_bn_relu(width, width),
+            )
+            enc_channels, strides = [width, *enc_channels], [2, *strides]
         if strides != [2, 4, 8, 16, 32]:
             raise PluginError(
                 f"backbone {backbone!r} gives levels at strides {strides}; "
-                "a backbone must give 5 levels at strides 2, 4, 8, 16, 32"
+                "a backbone must give 5 levels at strides 2, 4, 8, 16, 32 "
+                "(or 4 at strides 4..32, and G adds the stride-2 level)"
             )
         self.max_stride = strides[-1]
         skips = enc_channels[-2::-1] + [0]  # f3, f2, f1, f0, then none
@@ -133,6 +176,25 @@ class SegmentationNet(nn.Module):
             stride //= 2
             table[f"f{5 + i}"] = (c, stride)
         self.feature_table: dict[str, tuple[int, int]] = table
+
+    @property
+    def input_stats(self) -> dict[str, list[float]] | None:
+        """The input normalisation's mean and std (None: the input goes in as it is)."""
+        return None if self.input_norm is None else self.input_norm.stats()
+
+    def freeze_encoder(self, frozen: bool = True) -> None:
+        """Freeze (or release) the encoder: no gradients, and its normalisation layers in
+        eval mode whatever ``train()`` says, so BatchNorm statistics do not move."""
+        self.encoder_frozen = bool(frozen)
+        self.encoder.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> SegmentationNet:
+        """``nn.Module.train``, keeping a frozen encoder in eval mode."""
+        super().train(mode)
+        if mode and self.encoder_frozen:
+            self.encoder.eval()
+        return self
 
     def forward(
         self, x: torch.Tensor, return_features: bool = False, split: int | None = None
@@ -157,7 +219,11 @@ class SegmentationNet(nn.Module):
             feats = {k: torch.cat([v, second[1][k]]) for k, v in first[1].items()}
             return logits, feats
         check_input_size(x.shape[-2], x.shape[-1], self.max_stride)
-        enc = self.encoder(x)
+        if self.input_norm is not None:  # pretrained weights: their mean/std
+            x = self.input_norm(x)
+        enc = list(self.encoder(x))
+        if self.stem is not None:
+            enc.insert(0, self.stem(x))
         feats = {f"f{i}": f for i, f in enumerate(enc)}
         y = enc[-1]
         skips = [*enc[-2::-1], None]

@@ -16,6 +16,7 @@ __all__ = [
     "check_backbone",
     "check_discriminator",
     "check_normalizer",
+    "fill_hub_cache",
     "make_domain",
     "write_pyramidal_tiff",
     "write_svs",
@@ -23,6 +24,7 @@ __all__ = [
 
 _WHERE = {
     "check_backbone": "stainadapt.testing.backbones",
+    "fill_hub_cache": "stainadapt.testing.backbones",
     "check_discriminator": "stainadapt.testing.discriminators",
     "check_normalizer": "stainadapt.testing.normalizers",
     "make_domain": "stainadapt.testing.data",

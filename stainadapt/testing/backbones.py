@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..registry import create
 
-__all__ = ["check_backbone", "STRIDES"]
+__all__ = ["check_backbone", "fill_hub_cache", "STRIDES"]
 
 STRIDES = [2, 4, 8, 16, 32]
 
@@ -37,3 +38,29 @@ def check_backbone(name: str, image_size: int = 64, in_chans: int = 3) -> Any:
             f"backbone {name!r} level {i}: shape {tuple(m.shape)}, expected {expected}"
         )
     return model
+
+
+def fill_hub_cache(cache: Path | str, repo_id: str, tensors: dict[str, torch.Tensor],
+                   config: dict[str, Any] | None = None, revision: str = "0" * 40) -> Path:
+    """Lay out a Hugging Face cache entry for ``repo_id`` the way ``hf_hub_download``
+    leaves it; returns the weights file.
+
+    ``cache`` is an ``HF_HUB_CACHE`` folder; ``tensors`` go to ``model.safetensors``;
+    ``config`` (a timm hub model's config.json) is written when given. With
+    ``HF_HUB_OFFLINE=1`` timm then loads exactly these tensors, with no network: how
+    tests (and air-gapped machines, from a copied cache) use published weights.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    root = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    snapshot = root / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(revision)
+    path = snapshot / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    if config is not None:
+        (snapshot / "config.json").write_text(json.dumps(config))
+    return path

@@ -65,3 +65,24 @@ def test_resume_two_rank_run_in_one_process(ddp_run, monkeypatch):
     assert result.epochs == 4
     lines = (root / "runs" / "r" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["phase"] for ln in lines] == ["seg", "disc", "adv", "adv"]
+
+
+def test_frozen_encoder_then_released_under_two_ranks(tmp_path):
+    """DDP is re-wrapped when the encoder freezes and when it is released: both ranks
+    train through the switch and end with identical replicas."""
+    make_domain(tmp_path / "data" / "s", "source", n=6, size=64)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STAINADAPT_DDP_CHECKSUM": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", "2", "-m", "stainadapt", "train", "--source", "data/s",
+           "--mode", "source-only", "--backbone", "resnet18", "--image-size", "64",
+           "--batch-size", "2", "--steps-per-epoch", "2", "--pretrain-epochs", "2",
+           "--freeze-encoder-epochs", "1", "--encoder-lr-mult", "0.5", "--adv-epochs", "0",
+           "--samples", "0", "--device", "cpu", "--out", "runs/r"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = tmp_path / "runs" / "r"
+    sums = [(run / f"rank{r}.checksum").read_text() for r in (0, 1)]
+    assert sums[0] == sums[1]

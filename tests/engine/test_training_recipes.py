@@ -47,7 +47,7 @@ def test_paper_recipe_is_the_plain_configuration_field_by_field():
             assert values[key] == expected, key
     # and the new levers are off
     assert (cfg.lr_schedule, cfg.warmup_steps, cfg.foreground_share, cfg.augment_profile,
-            cfg.encoder_lr_scale, cfg.steps, cfg.select_smoothing) == \
+            cfg.encoder_lr_mult, cfg.steps, cfg.select_smoothing) == \
         ("constant", 0, 0.0, "light", 1.0, 0, 0.0)
     assert cfg == TrainConfig(source="s", target="t", discs=["shape"])
 
@@ -92,7 +92,7 @@ def test_steps_and_epoch_flags_agree():
     ("lr_schedule", "step", "lr_schedule 'step' is not one of constant, cosine, poly"),
     ("augment_profile", "wild", "augment_profile 'wild' is not one of light, strong"),
     ("foreground_share", 1.5, "foreground_share must be in"),
-    ("encoder_lr_scale", 0.0, "encoder_lr_scale must be a positive number"),
+    ("encoder_lr_mult", 0.0, "encoder_lr_mult must be a positive number"),
     ("select_smoothing", 1.0, "select_smoothing must be in"),
     ("warmup_steps", -1, "warmup_steps must be >= 0"),
 ])
@@ -164,7 +164,7 @@ def test_lr_schedule_resumes_exactly(tmp_path, source, monkeypatch):
 
 def test_encoder_group_and_schedule_keep_their_ratio(source, tmp_path):
     cfg = TrainConfig(**TINY, source=str(source), out=str(tmp_path / "r"), pretrain_epochs=2,
-                      encoder_lr_scale=0.1, lr_schedule="poly").validate()
+                      encoder_lr_mult=0.1, lr_schedule="poly").validate()
     t = Trainer(cfg)
     groups = t.opt_g.param_groups
     assert len(groups) == 2

@@ -70,6 +70,12 @@ def test_unknown_backbone_is_a_plugin_error():
         registry.create("backbones", "resnet9000")
 
 
-def test_timm_model_without_stride_two_level_is_refused():
-    with pytest.raises(PluginError, match="stride 2"):
-        timm_backbone("convnext_atto")
+def test_timm_model_without_stride_two_level_asks_for_a_stem():
+    model = timm_backbone("convnext_atto")
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    assert model.needs_stem
+
+
+def test_timm_model_without_a_pyramid_is_refused():
+    with pytest.raises(PluginError, match="no multi-scale features"):
+        timm_backbone("vit_tiny_patch16_224")

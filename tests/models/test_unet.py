@@ -84,7 +84,7 @@ def test_backbone_name_and_custom_decoder():
 
 
 def test_unknown_backbone():
-    with pytest.raises(PluginError, match="unknown backbones plugin"):
+    with pytest.raises(PluginError, match="neither a backbones plugin nor a timm model"):
         SegmentationNet("nonet")
 
 

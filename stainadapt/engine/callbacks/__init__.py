@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import Callback
 from .checksum import ChecksumWriter
 from .diagnostics import AdversarialDiagnostics
+from .freeze import EncoderFreeze
 from .guard import DivergenceGuard, SkipCounter
 from .progress import ProgressBars
 from .run_writer import RunWriter
@@ -12,8 +13,8 @@ from .samples import SampleOverlays
 from .self_training import SelfTraining
 
 __all__ = ["AdversarialDiagnostics", "Callback", "ChecksumWriter", "DivergenceGuard",
-           "ProgressBars", "RunWriter", "SampleOverlays", "SelfTraining", "SkipCounter",
-           "default_callbacks"]
+           "EncoderFreeze", "ProgressBars", "RunWriter", "SampleOverlays", "SelfTraining",
+           "SkipCounter", "default_callbacks"]
 
 
 def default_callbacks() -> list[Callback]:
@@ -25,5 +26,5 @@ def default_callbacks() -> list[Callback]:
     restores earlier ones), the run-folder writer before the overlays (they read the
     saved model).
     """
-    return [ProgressBars(), SelfTraining(), AdversarialDiagnostics(), DivergenceGuard(),
-            RunWriter(), SampleOverlays(), ChecksumWriter()]
+    return [ProgressBars(), EncoderFreeze(), SelfTraining(), AdversarialDiagnostics(),
+            DivergenceGuard(), RunWriter(), SampleOverlays(), ChecksumWriter()]
