@@ -7,7 +7,8 @@
 * :mod:`.sharding`: one slide shared by the ranks of a torchrun job;
 * :mod:`.paths`: files and folders (``stainadapt predict``), :class:`PredictOptions`;
 * :mod:`.evaluate`: whole-image probabilities and Dice for validation;
-* :mod:`.adapt`, :mod:`.adapt_files`: test-time adaptation of BatchNorm (AdaBN, TENT).
+* :mod:`.adapt`, :mod:`.adapt_sample`, :mod:`.adapt_files`: test-time adaptation of
+  BatchNorm (AdaBN, TENT).
 """
 
 from __future__ import annotations
