@@ -1,5 +1,8 @@
 """Whole slides of every format through one reader: levels, regions, resolution (mpp).
 
+(Past 500 lines: the three backends and the resolution rules they share are one
+interface, and splitting them would put :class:`Slide`'s contract in several places.)
+
 :func:`open_slide` returns a :class:`Slide` whatever the file is:
 
 * **OpenSlide** (``openslide-python``; ``openslide-bin`` ships the library) reads the
