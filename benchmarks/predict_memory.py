@@ -12,8 +12,11 @@ spent after its imports (``predict_s``: model load, reading, prediction, writing
 
 ``--slide`` also times the model alone in another child: ``predict_windows`` on batches
 of random windows (same tile, batch size, device, amp and threads as predict), giving
-``model_s_per_window``. ``ratio`` is ``predict_s / (tissue windows x model_s_per_window)``
-(target <= 1.15: reading, resampling, stitching and writing hide behind the model) and
+``model_s_per_window`` (the mean of a timing before and one after the predictions).
+``ratio`` is ``predict_s / (tissue windows x model_s_per_window)`` (target <= 1.15:
+reading, resampling, stitching and writing hide behind the model);
+``ratio_to_model_in_predict`` (CPU) divides by the time predict itself spent in the
+model's forward instead, immune to a shared machine's drift; and
 ``glass_fraction`` the all-glass slide's ``predict_s`` over the tissue slide's (target
 < 0.05). Targets: peak RSS < 1.5 GB. Prints one JSON line.
 """
@@ -65,8 +68,8 @@ def write_slide(path: Path, size: int, glass: float, seed: int = 0) -> None:
         )  # fmt: skip
 
 
-#: Discs of tissue on the ``--slide`` slide, ``(x, y, radius)`` in slide widths:
-#: together 3 * pi * 0.188**2 = 0.333 of the area.
+#: Discs of tissue on the ``--slide`` slide, ``(x, y, radius)`` as fractions of its width,
+#: height and shorter side: on a square slide together 3 * pi * 0.188**2 = 0.333 of the area.
 DISCS = ((0.25, 0.25, 0.188), (0.70, 0.35, 0.188), (0.40, 0.75, 0.188))
 GLASS = 242
 
@@ -87,11 +90,12 @@ def _texture_pool(t: int = 256, seed: int = 0) -> list[np.ndarray]:
     return pool
 
 
-def disc_pixels(size: int, glass_only: bool = False):
+def disc_pixels(height: int, width: int, glass_only: bool = False):
     """A :data:`stainadapt.testing.slides.Pixels` function: textured discs on glass."""
     pool = _texture_pool()
     t = pool[0].shape[0]
-    discs = [(cx * size, cy * size, r * size) for cx, cy, r in DISCS]
+    side = min(height, width)
+    discs = [(cx * width, cy * height, r * side) for cx, cy, r in DISCS]
 
     def pixels(x: int, y: int, w: int, h: int, f: int) -> np.ndarray:
         out = np.full((h, w, 3), GLASS, np.uint8)
@@ -116,23 +120,36 @@ def disc_pixels(size: int, glass_only: bool = False):
     return pixels
 
 
-def write_disc_slide(path: Path, size: int, glass_only: bool = False) -> None:
-    """An Aperio-style ``size``-square SVS of :func:`disc_pixels` (JPEG, levels 4, 16)."""
+def write_disc_slide(path: Path, height: int, width: int, glass_only: bool = False) -> None:
+    """An Aperio-style ``height x width`` SVS of :func:`disc_pixels` (JPEG, levels 4, 16)."""
     from stainadapt.testing.slides import write_svs
 
-    write_svs(path, disc_pixels(size, glass_only), mpp=0.5, power=20, factors=(4, 16),
-              compression="jpeg", shape=(size, size))
+    write_svs(path, disc_pixels(height, width, glass_only), mpp=0.5, power=20,
+              factors=(4, 16), compression="jpeg", shape=(height, width))
 
 
-#: The child: imports first (not timed), then the CLI; reports its own peak RSS.
+#: The child: imports first (not timed), then the CLI; reports its own peak RSS and, on
+#: the CPU (where a call's time is its compute), the time spent in the model's forward.
 _CHILD = """
 import atexit, json, resource, sys, time
 t0 = time.perf_counter()
 import torch, timm, stainadapt.inference.paths
 from stainadapt.cli.app import main
+from stainadapt.inference.predictor import SlidingWindowPredictor as P
 t1 = time.perf_counter()
+inside = [0.0, 0]
+forward = P.predict_windows
+def timed(self, windows):
+    start = time.perf_counter()
+    out = forward(self, windows)
+    inside[0] += time.perf_counter() - start
+    inside[1] += windows.shape[0]
+    return out
+if "--device" in sys.argv and sys.argv[sys.argv.index("--device") + 1] == "cpu":
+    P.predict_windows = timed
 def _report():
     print("BENCH " + json.dumps({"import_s": t1 - t0, "predict_s": time.perf_counter() - t1,
+          "model_in_predict_s": inside[0], "model_windows": inside[1],
           "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), file=sys.stderr)
 atexit.register(_report)
 sys.argv = ["stainadapt"] + sys.argv[1:]
@@ -206,6 +223,7 @@ def run_predict(args: list[str]) -> dict:
         "predict_s": round(bench.get("predict_s", 0.0), 2),
         "windows": total,
         "windows_run": None if total is None else total - skipped,
+        "model_in_predict_s": round(bench.get("model_in_predict_s", 0.0), 2),
     }
 
 
@@ -231,21 +249,25 @@ def make_run(run: Path, backbone: str, tile: int) -> None:
 
 def bench_slide(args: argparse.Namespace, work: Path, run: Path) -> dict:
     """The ``--slide`` mode (module docstring)."""
-    result: dict = {"size": args.size, "device": args.device, "tile": args.tile,
+    width = args.width or args.size
+    result: dict = {"size": args.size, "width": width, "device": args.device, "tile": args.tile,
                     "batch_size": args.batch_size,
                     "model": args.model or f"untrained {args.backbone}",
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    paths = {"tissue": work / f"discs{args.size}.svs", "glass": work / f"glass{args.size}.svs"}
+    name = f"{args.size}x{width}"
+    paths = {"tissue": work / f"discs{name}.svs", "glass": work / f"glass{name}.svs"}
     t0 = time.perf_counter()
     for kind, path in paths.items():
         if not path.exists():
-            write_disc_slide(path, args.size, glass_only=kind == "glass")
+            write_disc_slide(path, args.size, width, glass_only=kind == "glass")
     result["slide_build_s"] = round(time.perf_counter() - t0, 1)
-    timing = subprocess.run(
-        [sys.executable, "-c", _MODEL_TIME, str(run), str(args.tile), str(args.batch_size),
-         args.device, args.amp], check=True, capture_output=True, text=True)
-    result.update(json.loads(timing.stdout.strip().splitlines()[-1]))
-    per_window = result["model_s_per_window"]
+    def model_time() -> float:
+        timing = subprocess.run(
+            [sys.executable, "-c", _MODEL_TIME, str(run), str(args.tile), str(args.batch_size),
+             args.device, args.amp], check=True, capture_output=True, text=True)
+        return json.loads(timing.stdout.strip().splitlines()[-1])["model_s_per_window"]
+
+    before = model_time()
     for kind, path in paths.items():
         out = work / f"out-{kind}"
         r = run_predict([str(path), "--model", str(run), "--out", str(out), "--device",
@@ -253,11 +275,19 @@ def bench_slide(args: argparse.Namespace, work: Path, run: Path) -> dict:
                          str(args.tile), "--amp", args.amp, "--overwrite"])
         r.update(mask_facts(out / path.with_suffix(".tif").name))
         result[kind] = r
+    # before and after: on a shared machine the speed drifts during a long run
+    after = model_time()
+    per_window = (before + after) / 2
+    result["model_s_per_window"] = round(per_window, 5)
+    result["model_s_per_window_before_after"] = [round(before, 5), round(after, 5)]
     tissue = result["tissue"]
     model_s = (tissue["windows_run"] or 0) * per_window
     result["model_s"] = round(model_s, 2)
     result["ratio"] = round(tissue["predict_s"] / model_s, 3) if model_s else None
     result["ratio_with_imports"] = (round(tissue["wall_s"] / model_s, 3) if model_s else None)
+    # the model's own share of the same run (CPU only): no drift between the two
+    inside = tissue["model_in_predict_s"]
+    result["ratio_to_model_in_predict"] = round(tissue["predict_s"] / inside, 3) if inside else None
     result["glass_fraction"] = round(result["glass"]["predict_s"] / tissue["predict_s"], 4)
     result["under_1_5_gb"] = max(result[k]["peak_rss_mb"] for k in paths) < 1536
     return result
@@ -268,6 +298,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--slide", action="store_true",
                     help="an Aperio-style SVS, a third tissue, and an all-glass twin")
+    ap.add_argument("--width", type=int, help="--slide width (default --size): a wide strip "
+                    "holds full-width bands with few windows")
     ap.add_argument("--model", help="run folder (default: an untrained --backbone network)")
     ap.add_argument("--backbone", default="resnet34")
     ap.add_argument("--tile", type=int, default=256)

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..device import resolve_amp, resolve_device
 from ..errors import InputError
+from .heap import release_free_memory
 from .sharding import BandShards
 from .windows import gaussian_weight, window_starts, window_tissue_map
 
@@ -334,6 +335,7 @@ class SlidingWindowPredictor:
                         acc[y - acc_y0 : y - acc_y0 + t, x : x + t] += p * self.weight
                         wsum[y - acc_y0 : y - acc_y0 + t, x : x + t] += self.weight
                 self.stats.tiles_total += len(windows)
+                release_free_memory()
                 done += len(windows)
                 if progress is not None:
                     progress(done, total)
