@@ -77,7 +77,7 @@ stainadapt predict $OUT/smoke-data/masson/images --model $OUT/smoke-run --out $O
 stainadapt evaluate $OUT/smoke-masks $OUT/smoke-data/masson/masks"
 fi
 if want slide; then
-    stage slide 240 bash -c "python3 benchmarks/predict_memory.py \
+    stage slide 300 bash -c "python3 benchmarks/predict_memory.py \
         --slide --size $SLIDE_SIZE --backbone resnet18 --device $DEV --amp $AMP \
         --batch-size $BATCH --workdir /tmp/stainadapt-slide > $OUT/slide.json"
 fi
