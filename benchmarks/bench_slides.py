@@ -6,7 +6,11 @@ as JSON. The slide is written once (JPEG tiles of 256 px, levels 1 and 4, as a s
 writes them); each round reads the same 32 windows of 512 px at random level-0 places
 through :func:`stainadapt.data.slides.open_slide` with each backend, and (``view``) the
 whole slide at downsample 2, as ``predict`` reads it for a model at twice the slide's
-mpp. ``ratio`` is tifffile time / OpenSlide time (above 1: OpenSlide is faster).
+mpp, and (``bands``) the whole slide at level 0 the way ``predict`` reads it with
+256 px windows: one full-width band of 256 rows per call, every 192 rows (a band holds
+a whole row of windows, so OpenSlide's cost per call is paid once per row of windows,
+not once per window). ``ratio`` is tifffile time / OpenSlide time (above 1: OpenSlide
+is faster).
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ def read_view(path: Path, backend: str) -> int:
         return sum(int(view.read_rows(y, y + 256)[0, 0, 0]) for y in range(0, view.shape[0], 256))
 
 
+def read_bands(path: Path, backend: str, tile: int = 256, overlap: int = 64) -> int:
+    from stainadapt.inference.windows import window_starts
+
+    with open_slide(path, backend=backend) as slide:
+        height = slide.shape[0]
+        return sum(int(slide.read_rows(y, y + tile)[0, 0, 0])
+                   for y in window_starts(height, tile, overlap))
+
+
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory) -> Path:
     return make_slide(tmp_path_factory.mktemp("bench-slides"))
@@ -72,6 +85,12 @@ def test_windows(benchmark, slide, backend):
 def test_view_downsample_2(benchmark, slide, backend):
     benchmark.group = "whole slide at downsample 2"
     benchmark.pedantic(read_view, args=(slide, backend), rounds=ROUNDS, iterations=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bands_as_predict_reads(benchmark, slide, backend):
+    benchmark.group = "whole slide at level 0 in predict's bands"
+    benchmark.pedantic(read_bands, args=(slide, backend), rounds=ROUNDS, iterations=1)
 
 
 def _best(fn, *args) -> float:
@@ -92,7 +111,11 @@ def main() -> None:
         places = windows(args.size)
         result: dict[str, float | int] = {"size": args.size, "windows": N_WINDOWS,
                                           "window": WINDOW}
-        for case, fn, extra in (("windows", read_windows, (places,)), ("view", read_view, ())):
+        for case, fn, extra in (
+            ("windows", read_windows, (places,)),
+            ("view", read_view, ()),
+            ("bands", read_bands, ()),
+        ):
             t = {b: _best(fn, path, b, *extra) for b in BACKENDS}
             result[f"{case}_openslide_s"] = round(t["openslide"], 4)
             result[f"{case}_tifffile_s"] = round(t["tifffile"], 4)

@@ -10,6 +10,10 @@
 #   env     versions, nvidia-smi
 #   smoke   the CUDA path through the public CLI: train uda (mirrored + shape) with
 #           --amp bf16 for a few steps, predict, evaluate
+#   slide   benchmarks/predict_memory.py --slide: predict a 40000 px Aperio-style SVS
+#           (a third tissue) and its all-glass twin with an untrained resnet18: peak
+#           RSS, wall over the model's own time per window (the slides are written
+#           under /tmp, not $OUT)
 #   report  benchmarks/report.py three times: fp32 eager, bf16 + channels_last,
 #           bf16 + channels_last + torch.compile (batch 32, 256 px)
 #   table   benchmarks/paper_table.py, FULL budget, one seed, the rows that decide
@@ -21,7 +25,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/stainadapt-device}
 DEADLINE=${DEADLINE:-560}
-STAGES=${STAGES:-"env smoke report table"}
+STAGES=${STAGES:-"env smoke slide report table"}
 mkdir -p "$OUT"
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 STAINADAPT_CACHE="$OUT/cache"
@@ -33,10 +37,10 @@ if ls .whl/*.whl >/dev/null 2>&1 && [ -z "${SA_DRY:-}" ]; then
 fi
 if [ -n "${SA_DRY:-}" ]; then
     DEV=cpu; AMP=off; BATCH=2; SIZE=64; REPORT_EXTRA="--quick --skip smp,macenko,predict"
-    TABLE_ARGS="--budget tiny"
+    TABLE_ARGS="--budget tiny"; SLIDE_SIZE=1024
 else
     DEV=cuda; AMP=bf16; BATCH=32; SIZE=256; REPORT_EXTRA="--skip smp,macenko"
-    TABLE_ARGS="--budget full --seeds 1"
+    TABLE_ARGS="--budget full --seeds 1"; SLIDE_SIZE=40000
 fi
 
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
@@ -71,6 +75,11 @@ stainadapt train --source $OUT/smoke-data/pasm --target $OUT/smoke-data/masson -
     --device $DEV --amp $AMP --out $OUT/smoke-run
 stainadapt predict $OUT/smoke-data/masson/images --model $OUT/smoke-run --out $OUT/smoke-masks --device $DEV
 stainadapt evaluate $OUT/smoke-masks $OUT/smoke-data/masson/masks"
+fi
+if want slide; then
+    stage slide 300 bash -c "python3 benchmarks/predict_memory.py \
+        --slide --size $SLIDE_SIZE --backbone resnet18 --device $DEV --amp $AMP \
+        --batch-size $BATCH --workdir /tmp/stainadapt-slide > $OUT/slide.json"
 fi
 if want report; then
     for cfg in "fp32:" "bf16:--amp $AMP --channels-last" "compile:--amp $AMP --channels-last --compile"; do

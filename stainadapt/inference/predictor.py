@@ -8,7 +8,8 @@ H x W.
 
 Everything runs row band by row band (one row of windows at a time): a rolling
 accumulator of ``tile`` rows holds the blended sums, and the rows no later window can
-touch are handed out as soon as a band is done. The in-memory path, the streamed path
+touch are handed out as soon as a band is done. The next band is read in a thread
+while the model runs on this one. The in-memory path, the streamed path
 for large TIFFs (:mod:`.streaming`) and whole-image evaluation (:mod:`.evaluate`) share
 that code, so they give the same pixels.
 
@@ -35,6 +36,7 @@ from torch import nn
 
 from ..device import resolve_amp, resolve_device
 from ..errors import InputError
+from .heap import release_free_memory
 from .sharding import BandShards
 from .windows import gaussian_weight, window_starts, window_tissue_map
 
@@ -59,6 +61,43 @@ class ArrayRows:
 class _Stats:
     tiles_total: int = 0
     tiles_skipped: int = 0
+
+
+class _ReadAhead:
+    """``read(g)`` for each of ``order`` (group indices), one group ahead, in a thread.
+
+    The next group's pixels are read and decoded while the model runs on this one
+    (decoders, OpenSlide and Pillow release the GIL), so on a fast device reading hides
+    behind the model instead of adding to it. One thread reads, in order: a reader is
+    never used by two threads at once. At most two groups' pixels are held.
+    """
+
+    def __init__(self, read: Callable[[int], Any], order: list[int]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._read, self._order = read, list(order)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="stainadapt-read")
+        self._pending: dict[int, Any] = {}
+        self._next = 0
+        self._submit()
+
+    def _submit(self) -> None:
+        if self._next < len(self._order):
+            g = self._order[self._next]
+            self._pending[g] = self._pool.submit(self._read, g)
+            self._next += 1
+
+    def take(self, g: int) -> Any:
+        """Group ``g``'s ``read(g)`` (the next in ``order``); starts reading the one after."""
+        future = self._pending.pop(g)
+        self._submit()
+        return future.result()
+
+    def close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        self._pending.clear()
 
 
 class SlidingWindowPredictor:
@@ -268,6 +307,8 @@ class SlidingWindowPredictor:
         wsum = torch.zeros(0, wp, device=dev)
         acc_y0 = 0  # image row of acc[0]
         done = 0
+        own = [g for g in range(len(groups)) if shard is None or shard.owner(g) == shard.rank]
+        reads = _ReadAhead(lambda g: self._read_group(reader, groups[g], xs, wp), own)
         try:
             for g, group in enumerate(groups):
                 y_first, y_last = group[0], group[-1]
@@ -278,7 +319,7 @@ class SlidingWindowPredictor:
                 windows = [(y, x) for y in group for x in xs]
                 chunks: Iterable[tuple[list[tuple[int, int]], torch.Tensor]]
                 if shard is None or shard.owner(g) == shard.rank:
-                    block, skipped = self._read_group(reader, group, xs, wp)
+                    block, skipped = reads.take(g)
                     keep = [w for w, s in zip(windows, skipped, strict=True) if not s]
                     chunks = self._group_probs(block, keep, y_first)
                 else:
@@ -294,6 +335,7 @@ class SlidingWindowPredictor:
                         acc[y - acc_y0 : y - acc_y0 + t, x : x + t] += p * self.weight
                         wsum[y - acc_y0 : y - acc_y0 + t, x : x + t] += self.weight
                 self.stats.tiles_total += len(windows)
+                release_free_memory()
                 done += len(windows)
                 if progress is not None:
                     progress(done, total)
@@ -313,6 +355,8 @@ class SlidingWindowPredictor:
             if shard is not None:
                 shard.drain([len(g) * len(xs) for g in groups], t)
             raise
+        finally:
+            reads.close()
 
     @torch.inference_mode()
     def serve_rows(self, reader: Any, shape: tuple[int, int], shard: BandShards) -> None:

@@ -16,7 +16,7 @@ Reduced levels are built while the mask streams: each is the 2x2 mean of the lev
 above (a mask stays 0/255: a block is 255 when at least half of it is), its tiles are
 compressed as they fill and spooled to a temporary file, then copied into the TIFF
 after level 0 without decoding again. Working memory is a few bands of the slide's
-width, whatever its height.
+width, whatever its height (with glibc's heap kept from growing: :mod:`.heap`).
 
 When the model reads the slide at another resolution (``downsample`` != 1), the
 probabilities come out at that resolution and are interpolated (bilinear, pixel
@@ -39,6 +39,7 @@ import numpy as np
 
 from ..atomic import atomic_save
 from ..data.tiff import TiffReader
+from .heap import limit_heap_growth
 from .predictor import SlidingWindowPredictor
 from .sharding import BandShards
 
@@ -377,6 +378,7 @@ def predict_rows_to_tiff(
     With ``shard`` (rank 0 under torchrun) the other ranks compute their groups of bands
     (:meth:`SlidingWindowPredictor.serve_rows`) and this rank blends and writes.
     """
+    limit_heap_growth()
     shape = tuple(out_shape or reader.shape)
     resample = not math.isclose(downsample, 1.0) or shape != tuple(reader.shape)
     pyramid = _Pyramid(shape, binary=True)

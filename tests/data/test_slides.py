@@ -230,3 +230,30 @@ def test_bounds_are_the_scanned_area_else_the_full_slide(svs, tmp_path, image, m
     write_image(png, image[:64, :96])
     with open_slide(png) as slide:
         assert slide.bounds == (0, 0, 96, 64)
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_svs_drawn_tile_by_tile_matches_the_array_form(tmp_path, image, backend):
+    from stainadapt.testing.slides import _reduce
+
+    levels = {f: _reduce(image, f) for f in (1, 4)}
+
+    def pixels(x: int, y: int, w: int, h: int, f: int) -> np.ndarray:
+        src = levels[f] if f in levels else _reduce(image, f)
+        out = np.zeros((h, w, 3), np.uint8)
+        part = src[y : y + h, x : x + w]
+        out[: part.shape[0], : part.shape[1]] = part
+        return out
+
+    drawn = write_svs(tmp_path / "drawn.svs", pixels, mpp=0.5, power=20,
+                      shape=image.shape[:2])
+    with open_slide(drawn, backend=backend) as a, open_slide(_array_svs(tmp_path, image)) as b:
+        assert a.level_dimensions == b.level_dimensions and a.mpp == pytest.approx(0.5)
+        for level in range(a.level_count):
+            w, h = a.level_dimensions[level]
+            np.testing.assert_array_equal(a.read_region(0, 0, w, h, level),
+                                          b.read_region(0, 0, w, h, level))
+
+
+def _array_svs(folder, image):
+    return write_svs(folder / "array.svs", image, mpp=0.5, power=20)

@@ -118,3 +118,40 @@ def test_bf16_autocast_runs_on_cpu():
     net = DarkBlobNet().eval()
     prob = sliding_window_predict(net, blob_image(64, 96), tile=64, amp="bf16", min_tissue=0)
     assert prob.shape == (64, 96)
+
+
+class _LoggedRows:
+    """A reader that records which rows it was asked for, from which thread."""
+
+    def __init__(self, image: np.ndarray, fail_at: int | None = None) -> None:
+        self.image, self.shape, self.fail_at = image, image.shape[:2], fail_at
+        self.calls: list[tuple[int, int]] = []
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        import threading
+
+        self.calls.append((y0, threading.get_ident()))
+        if self.fail_at is not None and y0 >= self.fail_at:
+            raise InputError("slide.svs: bad tile")
+        return self.image[y0:y1]
+
+
+def test_bands_are_read_ahead_in_one_thread_with_the_same_pixels(blob_net):
+    import threading
+
+    image = blob_image(300, 200)
+    pred = SlidingWindowPredictor(blob_net, 64, batch_size=4, min_tissue=0)
+    reader = _LoggedRows(image)
+    rows = dict(pred.predict_rows(reader))
+    out = np.concatenate([rows[y] for y in sorted(rows)])
+    np.testing.assert_array_equal(out, pred.predict(image))
+    starts = [y for y, _ in reader.calls]
+    assert starts == sorted(starts) and len(starts) == len(set(starts)) > 1
+    threads = {tid for _, tid in reader.calls}
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+def test_a_read_error_reaches_the_caller(blob_net):
+    pred = SlidingWindowPredictor(blob_net, 64, batch_size=4, min_tissue=0)
+    with pytest.raises(InputError, match="bad tile"):
+        list(pred.predict_rows(_LoggedRows(blob_image(300, 200), fail_at=100)))

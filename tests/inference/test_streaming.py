@@ -124,3 +124,15 @@ def test_pyramid_levels_are_halvings_of_level_0(tmp_path, blob_net, shape):
             np.testing.assert_array_equal(below, _halve(above, binary))
         if binary:
             np.testing.assert_array_equal(smallest, levels[-1])
+
+
+def test_heap_limit_is_idempotent_and_never_raises():
+    import sys
+
+    from stainadapt.inference.heap import limit_heap_growth, release_free_memory
+
+    first = limit_heap_growth()
+    assert limit_heap_growth() is first
+    release_free_memory()
+    if not sys.platform.startswith("linux"):
+        assert first is False
