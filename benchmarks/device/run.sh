@@ -3,14 +3,19 @@
 # in one call of the device tool, inside its 600 s limit. Usage, from the repo root:
 #
 #   bash benchmarks/device/prepare.sh                      # here, once (wheels)
-#   run(command="bash benchmarks/device/run.sh", carry=[".whl"], timeout_s=600)
+#   mkdir -p .device-data && cp -r ../shared/data/real-pas-aidpath .device-data/   # the real tiles
+#   run(command="bash benchmarks/device/run.sh", carry=[".whl", ".device-data"], timeout_s=600)
 #
 # Stages (each under `timeout`, cut to what is left of DEADLINE seconds; all output
 # under $OUT, which comes back even if the call is killed):
 #   env     versions, nvidia-smi
 #   smoke   the CUDA path through the public CLI: train uda (mirrored + shape) with
 #           --amp bf16 for a few steps, predict, evaluate
-#   slide   benchmarks/predict_memory.py --slide: predict a 40000 px Aperio-style SVS
+#   real    benchmarks/real_tissue.py --budget full on fold 0 (the `real` recipe and the
+#           plain smp loop, resnet34, 4000 steps) on the real PAS tiles in
+#           .device-data/real-pas-aidpath (or REAL_DATA); resumable: a later call
+#           continues it
+#   slide   (not in the default STAGES) benchmarks/predict_memory.py --slide: predict a 40000 px Aperio-style SVS
 #           (a third tissue) and its all-glass twin with an untrained resnet18: peak
 #           RSS, wall over the model's own time per window (the slides are written
 #           under /tmp, not $OUT)
@@ -25,7 +30,11 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/stainadapt-device}
 DEADLINE=${DEADLINE:-560}
-STAGES=${STAGES:-"env smoke slide report table"}
+STAGES=${STAGES:-"env smoke real report table"}
+REAL_DATA=${REAL_DATA:-}
+for d in .device-data/real-pas-aidpath shared/data/real-pas-aidpath ../shared/data/real-pas-aidpath; do
+    [ -z "$REAL_DATA" ] && [ -d "$d/images" ] && REAL_DATA=$d
+done
 mkdir -p "$OUT"
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 STAINADAPT_CACHE="$OUT/cache"
@@ -37,10 +46,10 @@ if ls .whl/*.whl >/dev/null 2>&1 && [ -z "${SA_DRY:-}" ]; then
 fi
 if [ -n "${SA_DRY:-}" ]; then
     DEV=cpu; AMP=off; BATCH=2; SIZE=64; REPORT_EXTRA="--quick --skip smp,macenko,predict"
-    TABLE_ARGS="--budget tiny"; SLIDE_SIZE=1024
+    TABLE_ARGS="--budget tiny"; SLIDE_SIZE=1024; REAL_BUDGET=tiny
 else
     DEV=cuda; AMP=bf16; BATCH=32; SIZE=256; REPORT_EXTRA="--skip smp,macenko"
-    TABLE_ARGS="--budget full --seeds 1"; SLIDE_SIZE=40000
+    TABLE_ARGS="--budget full --seeds 1"; SLIDE_SIZE=40000; REAL_BUDGET=full
 fi
 
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
@@ -75,6 +84,14 @@ stainadapt train --source $OUT/smoke-data/pasm --target $OUT/smoke-data/masson -
     --device $DEV --amp $AMP --out $OUT/smoke-run
 stainadapt predict $OUT/smoke-data/masson/images --model $OUT/smoke-run --out $OUT/smoke-masks --device $DEV
 stainadapt evaluate $OUT/smoke-masks $OUT/smoke-data/masson/masks"
+fi
+if want real; then
+    if [ -n "$REAL_DATA" ]; then
+        stage real 240 python3 benchmarks/real_tissue.py "$REAL_DATA" --budget $REAL_BUDGET \
+            --device $DEV --only recipe,smp --folds 0 --out "$OUT/real" --md "$OUT/REAL_TISSUE.md"
+    else
+        echo "[real] skipped: no real tiles (.device-data/real-pas-aidpath or REAL_DATA)"
+    fi
 fi
 if want slide; then
     stage slide 300 bash -c "python3 benchmarks/predict_memory.py \
