@@ -43,16 +43,7 @@ def write_slide(path: Path, size: int, glass: float, seed: int = 0) -> None:
 
     rng = np.random.default_rng(seed)
     t = 256
-    yy, xx = np.mgrid[0:t, 0:t]
-    pool = []
-    for _ in range(8):
-        tile = np.empty((t, t, 3), np.float32)
-        tile[:] = rng.uniform(150, 200, 3)
-        for _ in range(6):
-            cy, cx, r = rng.uniform(0, t), rng.uniform(0, t), rng.uniform(15, 60)
-            tile[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = rng.uniform(40, 120, 3)
-        tile += rng.normal(0, 8, tile.shape)
-        pool.append(np.clip(tile, 0, 255).astype(np.uint8))
+    pool = _texture_pool(t, rng)
     blank = np.full((t, t, 3), 242, np.uint8)
     n = -(-size // t)
 
@@ -74,9 +65,9 @@ DISCS = ((0.25, 0.25, 0.188), (0.70, 0.35, 0.188), (0.40, 0.75, 0.188))
 GLASS = 242
 
 
-def _texture_pool(t: int = 256, seed: int = 0) -> list[np.ndarray]:
+def _texture_pool(t: int = 256, rng: np.random.Generator | None = None) -> list[np.ndarray]:
     """Eight ``t``-square textured tiles (pale background, darker blobs, noise)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0) if rng is None else rng
     yy, xx = np.mgrid[0:t, 0:t]
     pool = []
     for _ in range(8):
