@@ -101,6 +101,11 @@ class TrainConfig:
     # (SegmentationNet.forward(split=...)), so neither stain is normalised with the
     # other's statistics; false: one mixed batch of both domains
     domain_batchnorm: bool = True
+    # with domain_batchnorm: the target part of every batch keeps BatchNorm running
+    # statistics of its own (domain-specific statistics, DSBN-style; the weights stay
+    # shared), written to target-stats.safetensors for `predict --adapt target`; the
+    # model's own statistics then come from source batches only
+    target_statistics: bool = False
     # Self-training after the schedule above (not in the paper; figures in
     # benchmarks/RESULTS.md, "BatchNorm handling and learning rates"): each round
     # labels the target *training* split with G's current model (p > threshold), then
@@ -206,6 +211,15 @@ class TrainConfig:
                 raise InputError("self_train_rounds needs a target domain: give --target DIR")
             if self.self_train_epochs < 1:
                 raise InputError("self_train_epochs must be >= 1 when self_train_rounds > 0")
+        if self.target_statistics:
+            if not self.target:
+                raise InputError("target_statistics needs a target domain: give --target DIR")
+            if not self.domain_batchnorm:
+                raise InputError("target_statistics needs domain_batchnorm (source and "
+                                 "target as separate BatchNorm batches)")
+            if self.norm != "batch":
+                raise InputError(f"target_statistics needs BatchNorm (--norm batch); norm "
+                                 f"{self.norm!r} keeps no statistics")
         if self.image_size <= 0 or self.image_size % 32:
             raise InputError(f"image_size {self.image_size} must be a positive multiple of 32")
         if self.mpp is not None and not (math.isfinite(self.mpp) and self.mpp > 0):

@@ -35,12 +35,16 @@ __all__ = [
     "load_model",
     "read_meta",
     "read_weights",
+    "TARGET_STATS",
     "normalizer_to_meta",
     "normalizer_from_meta",
 ]
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_META = "model.json"
+#: BatchNorm statistics of the target stain (``train --target-statistics``), in the
+#: format of test-time adapted statistics (inference/adapt.py): ``predict --adapt target``.
+TARGET_STATS = "target-stats.safetensors"
 
 
 # --------------------------------------------------------------------------- finiteness
@@ -219,7 +223,8 @@ def read_weights(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
     """Rebuild the network of a run folder: ``(SegmentationNet in eval mode, meta)``.
 
-    Reads only ``model.safetensors`` and ``model.json`` (no pickle), and nothing from the
+    Reads only ``model.safetensors``, ``model.json`` and, where the run kept them, the
+    target statistics of ``target-stats.safetensors`` (no pickle), and nothing from the
     network: a timm or hub encoder is rebuilt from model.json's ``encoder`` record, the
     input normalisation from its ``input_norm``. An unknown backbone is refused with the
     closest names; weights that do not fit the network are refused naming the file.
@@ -265,5 +270,12 @@ def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[An
             f"{weights}: weights do not fit a {backbone} SegmentationNet "
             f"({first[1].strip() if len(first) > 1 else first[0]})"
         ) from None
+    if (run / TARGET_STATS).is_file():  # train --target-statistics: predict --adapt target
+        from .inference.adapt import read_adapted_state
+
+        model.target_statistics = read_adapted_state(run / TARGET_STATS, model)[0]
     model.to(torch.device(device)).eval()
+    if model.target_statistics is not None:
+        model.target_statistics = {k: v.to(torch.device(device))
+                                   for k, v in model.target_statistics.items()}
     return model, meta

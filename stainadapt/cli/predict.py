@@ -120,8 +120,9 @@ def predict(
         typer.Option(
             "--adapt",
             help="Adapt the model to the inputs first: none, bn (re-estimate BatchNorm "
-            "statistics, AdaBN) or tent (bn, then entropy minimisation of BatchNorm's "
-            "affine terms).",
+            "statistics, AdaBN), tent (bn, then entropy minimisation of BatchNorm's "
+            "affine terms) or target (the target-stain statistics the model kept in "
+            "training with --target-statistics).",
             rich_help_panel=_ADAPT,
         ),
     ] = "none",

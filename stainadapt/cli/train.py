@@ -130,6 +130,11 @@ def train(
         help="Decay of a moving average of G's weights used for validation, selection and "
         "the saved model (0: off; 0.95 for short runs, 0.999 for long ones).",
         rich_help_panel=_OPT)] = None,
+    target_statistics: Annotated[bool | None, typer.Option(
+        "--target-statistics/--no-target-statistics",
+        help="Keep BatchNorm statistics of the target stain apart (target-stats.safetensors;"
+        " predict --adapt target uses them). BatchNorm models with a target only.",
+        rich_help_panel=_OPT)] = None,
     augment_profile: Annotated[str | None, typer.Option(
         help="light (flips, turns, small affine) or strong (any rotation, scale "
         "0.7-1.4, elastic, gamma).", rich_help_panel=_DATA)] = None,
@@ -166,7 +171,8 @@ def train(
         "adv_epochs": adv_epochs, "steps_per_epoch": steps_per_epoch, "steps": steps,
         "self_train_rounds": self_train_rounds, "self_train_epochs": self_train_epochs,
         "batch_size": batch_size, "lr": lr, "disc_lr": disc_lr, "dice_weight": dice_weight,
-        "ema": ema, "adv_loss": adv_loss, "lr_schedule": lr_schedule,
+        "ema": ema, "target_statistics": target_statistics, "adv_loss": adv_loss,
+        "lr_schedule": lr_schedule,
         "warmup_steps": warmup_steps, "encoder_lr_mult": encoder_lr_mult,
         "freeze_encoder_epochs": freeze_encoder_epochs,
         "augment_profile": augment_profile, "foreground_share": foreground_share,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,9 @@ def build_networks(cfg: TrainConfig, device: torch.device, world: int,
         normalizer = norm.to(device) if hasattr(norm, "to") else norm
 
     model.to(device)
+    if cfg.target_statistics:
+        model.target_statistics = initial_target_statistics(
+            model, cfg.init if not resuming else None)
     for d in discs:
         d.to(device)
     if device.type == "cuda":  # channels_last
@@ -183,6 +187,20 @@ def build_networks(cfg: TrainConfig, device: torch.device, world: int,
     opt_g, fused = make_adam(generator_groups(model, cfg), cfg.lr, betas, device)
     opt_d = [make_adam(list(d.parameters()), cfg.disc_lr, betas, device)[0] for d in discs]
     return Networks(model, discs, unique_names(cfg.discs), normalizer, opt_g, fused, opt_d)
+
+
+def initial_target_statistics(model: torch.nn.Module, init: str | None
+                              ) -> dict[str, torch.Tensor]:
+    """The target statistics a run starts from: ``--init``'s own if it kept some, else none
+    (each layer then starts from G's statistics at its first target batch)."""
+    from ..inference.adapt import read_adapted_state
+    from ..runs import TARGET_STATS
+
+    if init is None or not (Path(init) / TARGET_STATS).is_file():
+        return {}
+    state, _ = read_adapted_state(Path(init) / TARGET_STATS, model)
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in state.items()}
 
 
 def _sync_batchnorm(model: torch.nn.Module, discs: list[Any],

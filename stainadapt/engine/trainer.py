@@ -174,6 +174,7 @@ class Trainer:
             "disc_specs": list(self.cfg.discs),
             "rollbacks": self.rollbacks,
             "ema": None if self.ema is None else self.ema.module.state_dict(),
+            "target_statistics": self.model.target_statistics,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -181,6 +182,9 @@ class Trainer:
         if list(state.get("disc_specs", [])) != list(self.cfg.discs):
             raise InputError("state.pt was written for other discriminators than the config's")
         self.model.load_state_dict(state["model"])
+        if self.model.target_statistics is not None:
+            kept = state.get("target_statistics") or {}
+            self.model.target_statistics = {k: v.to(self.device) for k, v in kept.items()}
         if self.ema is not None:
             self.ema.module.load_state_dict(state.get("ema") or state["model"])
         for d, sd in zip(self.discs, state["discs"], strict=True):

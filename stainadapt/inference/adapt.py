@@ -10,6 +10,10 @@ statistics re-estimated on the test tiles (docs/experiments.md). Two modes:
   reset and re-estimated as the plain (cumulative, momentum ``None``) average over a
   sample of the images to predict, through
   :func:`stainadapt.models.batchnorm.recalibrate_batchnorm`. No weight changes.
+* ``target``: no pass over the inputs; the target-stain statistics that a model trained
+  with ``--target-statistics`` kept (domain-specific BatchNorm statistics, as in DSBN,
+  Chang et al. 2019) replace the running ones. ``bn`` and ``tent`` re-estimate every
+  statistic from the inputs instead, so for them the kept ones play no part.
 * ``tent`` (Wang et al. 2021): AdaBN, then ``steps`` steps of Adam (``lr`` 1e-3) on the
   BatchNorm weights and biases only, minimising the mean per-pixel entropy of the
   sigmoid output, ``H(p) = -p log p - (1 - p) log(1 - p)``, on batches of the same sample
@@ -59,13 +63,15 @@ __all__ = [
     "adapted_state",
     "apply_adapted_state",
     "entropy_from_logits",
+    "kept_target_statistics",
     "read_adapted_state",
     "sample_windows",
     "save_adapted_state",
 ]
 
-#: ``none``: the running statistics as trained; ``bn``: AdaBN; ``tent``: AdaBN + TENT.
-ADAPT_MODES = ("none", "bn", "tent")
+#: ``none``: the running statistics as trained; ``bn``: AdaBN; ``tent``: AdaBN + TENT;
+#: ``target``: the target-stain statistics the model kept in training (no pass).
+ADAPT_MODES = ("none", "bn", "tent", "target")
 #: ``file``: each input adapts to itself; ``call``: one set for every input of a call.
 ADAPT_SCOPES = ("file", "call")
 
@@ -182,6 +188,10 @@ def adapt_model(
     """
     layers = batchnorm_layers(model)
     result = AdaptResult(settings.mode, windows=len(windows), layers=len(layers))
+    if settings.mode == "target":  # no pass: the statistics kept in training
+        apply_adapted_state(model, kept_target_statistics(model))
+        model.eval()
+        return result
     if not layers or settings.mode == "none" or len(windows) == 0:
         return result
     device = torch.device(device)
@@ -251,6 +261,19 @@ def _tent(model: nn.Module, layers: list[nn.modules.batchnorm._BatchNorm],
 
 
 # --------------------------------------------------------------------------- state files
+
+
+def kept_target_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The target statistics ``model`` kept in training (``train --target-statistics``).
+
+    ``load_model`` reads them from the run folder's ``target-stats.safetensors``; a model
+    without them is an :class:`InputError` saying how to get some.
+    """
+    kept = getattr(model, "target_statistics", None)
+    if not kept:
+        raise InputError("--adapt target: the model kept no target statistics (train it "
+                         "with --target-statistics and a --target; or use --adapt bn)")
+    return kept
 
 
 def adapted_state(model: nn.Module, mode: str = "bn") -> dict[str, torch.Tensor]:

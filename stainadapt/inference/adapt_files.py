@@ -9,6 +9,9 @@
 * scope ``file``: each input adapts to a sample of its own windows before it is
   predicted, and the model goes back to its trained state afterwards; the statistics go
   to ``OUT/<stem>.adapted.safetensors``.
+* ``--adapt target``: the target statistics a model trained with ``--target-statistics``
+  kept (``target-stats.safetensors`` in its run folder), for every input; nothing is
+  estimated or written.
 * ``--adapted-stats FILE``: the statistics of an earlier call are loaded once and used
   for every input, whatever the scope; nothing is estimated or written.
 
@@ -37,6 +40,7 @@ from .adapt import (
     adapt_model,
     adapted_state,
     apply_adapted_state,
+    kept_target_statistics,
     read_adapted_state,
     sample_windows,
     save_adapted_state,
@@ -50,6 +54,8 @@ __all__ = ["CALL_STATS", "MANIFEST", "PredictAdaptation", "describe_manifest", "
 CALL_STATS = "adapted-stats.safetensors"
 #: The settings of the last adapted prediction into an output folder.
 MANIFEST = "predict.json"
+#: ``loaded`` for ``--adapt target``: the statistics came with the model.
+KEPT = Path("<target statistics kept in training>")
 
 
 def file_stats(out: Path, stem: str) -> Path:
@@ -99,11 +105,16 @@ class PredictAdaptation:
         if settings.mode == "none" and stats_file is None:
             return None, []
         model = predictor.model
-        if stats_file is None and not adapted_state(model, "bn"):
+        if stats_file is None and settings.mode != "target" and not adapted_state(model, "bn"):
             return None, ["the model has no BatchNorm layers (its normalisation is per "
                           f"image): nothing to adapt, --adapt {settings.mode} is ignored"]
         self = cls(predictor, settings, out, min_tissue, stream_min_pixels, progress, mpp)
-        if stats_file is not None:
+        if stats_file is None and settings.mode == "target":
+            apply_adapted_state(model, kept_target_statistics(model))
+            self.loaded = KEPT
+            self.summary = {"mode": "target", "scope": "trained",
+                            "statistics": "target-stats.safetensors of the model"}
+        elif stats_file is not None:
             state, meta = read_adapted_state(stats_file, model)
             apply_adapted_state(model, state)
             self.loaded = Path(stats_file)
@@ -154,7 +165,9 @@ class PredictAdaptation:
     def finish_notes(self) -> list[str]:
         """The notes for the report (scope ``file`` adds how many inputs were adapted)."""
         notes = list(self.notes)
-        if self.loaded is not None:
+        if self.loaded is KEPT:
+            notes.append("used the target statistics the model kept in training")
+        elif self.loaded is not None:
             notes.append(f"used the adapted statistics of {self.loaded}")
         elif self.settings.scope == "file" and self._adapted_files:
             notes.append(f"adapted the model to each of {self._adapted_files} input(s) "

@@ -64,6 +64,9 @@ def adapted_copy(
     """
     settings = AdaptSettings.parse(adapt)
     adapted = copy.deepcopy(model).to(device).eval()
+    if settings is not None and settings.mode == "target":  # no images needed
+        adapt_model(adapted, [], settings, lambda x: x, device)
+        return adapted
     if settings is None or not images:
         return adapted
     chosen = list(range(len(images)))

@@ -12,14 +12,16 @@ be predicted it is AdaBN, Li et al. 2016). Weights are not touched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from ..config import NORMS
 
-__all__ = ["NORMS", "batchnorm_layers", "recalibrate_batchnorm", "replace_batchnorm"]
+__all__ = ["NORMS", "batchnorm_layers", "recalibrate_batchnorm", "replace_batchnorm",
+           "start_statistics", "statistics_kept_in"]
 
 
 
@@ -64,6 +66,54 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
                 m.running_var.copy_(var)
                 m.num_batches_tracked.copy_(count)
     return seen
+
+
+def _training_layers(model: nn.Module) -> Iterator[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """``(state-dict prefix, layer)`` of every BatchNorm layer in training mode."""
+    names = {id(m): n for n, m in model.named_modules()}
+    for m in batchnorm_layers(model):
+        if m.training:
+            yield (f"{names[id(m)]}." if names[id(m)] else ""), m
+
+
+_STATS = ("running_mean", "running_var")
+
+
+@contextlib.contextmanager
+def statistics_kept_in(model: nn.Module, store: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Run ``model`` with the BatchNorm running statistics held in ``store``, then put its own back.
+
+    Domain-specific statistics (after Chang et al.'s DSBN, 2019, with shared affine
+    terms): the target half of a training batch updates ``store`` instead of the
+    statistics the source half keeps. ``store`` maps ``<layer>.running_mean`` /
+    ``<layer>.running_var`` (the keys of ``model.state_dict()``, the format of
+    :func:`stainadapt.inference.adapt.adapted_state`) to tensors; a layer missing from it
+    starts from the model's current statistics (:func:`start_statistics` fills them in
+    earlier). Only layers in training mode take part.
+
+    The layers' buffer *tensors* are swapped, not their values: autograd keeps the
+    source pass's statistics tensors for its backward, and an in-place copy into them
+    would invalidate it.
+    """
+    start_statistics(model, store)
+    swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+    for prefix, m in _training_layers(model):
+        for name in _STATS:
+            swapped.append((m, name, m._buffers[name]))
+            m._buffers[name] = store[prefix + name]
+    try:
+        yield
+    finally:
+        for m, name, own in swapped:
+            m._buffers[name] = own
+
+
+def start_statistics(model: nn.Module, store: dict[str, torch.Tensor]) -> None:
+    """Copy the model's running statistics into ``store`` for every layer it lacks."""
+    for prefix, m in _training_layers(model):
+        for name in _STATS:
+            if prefix + name not in store:
+                store[prefix + name] = getattr(m, name).detach().clone()
 
 
 def replace_batchnorm(module: nn.Module, norm: str) -> nn.Module:

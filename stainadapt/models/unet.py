@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, PluginError
+from .batchnorm import start_statistics, statistics_kept_in
 
 __all__ = ["SegmentationNet", "DecoderBlock", "FEATURE_NAMES", "check_input_size"]
 
@@ -133,6 +135,11 @@ class SegmentationNet(nn.Module):
         self.decoder_channels = decoder_channels
         self.in_chans = in_chans
         self.encoder_frozen = False
+        # Target-domain BatchNorm statistics (``train --target-statistics``): while set, the
+        # second part of a ``split`` batch updates these instead of the running statistics
+        # (models/batchnorm.py, statistics_kept_in). Not in the state dict: the run folder
+        # keeps them as target-stats.safetensors.
+        self.target_statistics: dict[str, torch.Tensor] | None = None
         if input_norm is None and encoder_record is None:
             input_norm = input_stats(self.encoder, pretrained)
         self.input_norm = (InputNormalization(input_norm["mean"], input_norm["std"])
@@ -206,13 +213,21 @@ class SegmentationNet(nn.Module):
         part with its own batch statistics. The trainer passes the source batch size:
         a batch that mixes two stains would otherwise be normalised with statistics
         that fit neither (see :mod:`stainadapt.engine.steps`). It is one call, so a
-        DistributedDataParallel wrapper sees one forward per backward.
+        DistributedDataParallel wrapper sees one forward per backward. With
+        :attr:`target_statistics` set, the second part also keeps running statistics of its
+        own.
         """
         if x.ndim != 4:
             raise InputError(f"expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
         if split is not None and 0 < split < x.shape[0]:
+            keep = self.training and self.target_statistics is not None
+            if keep:  # a new layer's target statistics start from G's, before this batch
+                start_statistics(self, self.target_statistics)
             first = self.forward(x[:split], return_features=True)
-            second = self.forward(x[split:], return_features=True)
+            kept = (statistics_kept_in(self, self.target_statistics) if keep
+                    else contextlib.nullcontext())
+            with kept:
+                second = self.forward(x[split:], return_features=True)
             logits = torch.cat([first[0], second[0]])
             if not return_features:
                 return logits

@@ -18,8 +18,8 @@ def test_round_trip(tmp_path):
 
 
 def test_none_fields_are_left_out(tmp_path):
-    text = dumps_toml(TrainConfig(source="a"))
-    assert "target" not in text and "normalize" not in text
+    keys = [ln.split("=")[0].strip() for ln in dumps_toml(TrainConfig(source="a")).splitlines()]
+    assert "source" in keys and "target" not in keys and "normalize" not in keys
 
 
 def test_unknown_key_names_it_and_lists_valid(tmp_path):

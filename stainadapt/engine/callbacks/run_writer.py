@@ -36,6 +36,24 @@ def write_metrics(t: Any) -> None:
     atomic_write_text(t.run_dir / METRICS_FILE, text)
 
 
+def save_target_statistics(t: Any) -> None:
+    """``target-stats.safetensors`` beside the model, when the run keeps target statistics.
+
+    Written with the model it belongs to (the selected epoch's), so the two always match.
+    Until the first target batch there are none, and no file.
+    """
+    kept = t.model.target_statistics
+    if not kept:
+        return
+    from ...inference.adapt import adapted_state, save_adapted_state
+    from ...runs import TARGET_STATS
+
+    # a layer no target batch reached (a frozen one) keeps G's own statistics
+    state = {**adapted_state(t.model, "bn"), **{k: v.detach().cpu() for k, v in kept.items()}}
+    save_adapted_state(t.run_dir / TARGET_STATS, state,
+                       {"mode": "target", "target": str(t.cfg.target)})
+
+
 class RunWriter(Callback):
     """Writes the run folder at the start, at every kept epoch and at the end."""
 
@@ -52,6 +70,7 @@ class RunWriter(Callback):
             return
         if record["selected"]:
             save_model(t.run_dir, t.eval_model, t.meta())
+            save_target_statistics(t)
         write_metrics(t)
         save_state(t.run_dir / STATE_FILE, t.state_dict())
         write_curves(t.run_dir / "curves.png", t.records)
@@ -60,3 +79,4 @@ class RunWriter(Callback):
         # no epoch of the last phase ran (0 epochs): the model is G as it stands
         if t.main and t.finished and t.best_epoch is None:
             save_model(t.run_dir, t.eval_model, t.meta())
+            save_target_statistics(t)
