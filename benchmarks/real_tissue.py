@@ -18,7 +18,10 @@ from the UDA model) and ``supervised`` (the recipe on the labelled target tiles:
 upper bound). Figures are mean ± std over seeds. Two more rows evaluate, without any
 training, the models of two of them with test-time BatchNorm statistics (``predict
 --adapt bn``, scope call: one set of statistics over the test tiles):
-``source-only+adabn`` and ``uda+adabn``.
+``source-only+adabn`` and ``uda+adabn``. BatchNorm recipes (``--set norm=batch``) add
+``uda-dsbn`` (the UDA run with ``--target-statistics``: the target's BatchNorm
+statistics kept apart) and ``uda-dsbn+target`` (that model predicting with them,
+``predict --adapt target``).
 
 Each model predicts the whole test tiles (the predictor's whole-image path) and is scored
 by per-tile Dice; a run's figure is the mean over its test tiles. Finished runs are
@@ -304,7 +307,7 @@ def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
     from stainadapt.data.folders import scan_domain
     from stainadapt.data.io import read_image
     from stainadapt.data.synth import generate
-    from stainadapt.recipes import PAPER_QUICK
+    from stainadapt.recipes import PAPER_QUICK, training_fields
     from stainadapt.registry import create
 
     data = Path(args.data)
@@ -343,6 +346,7 @@ def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
 
     macenko = create("normalizers", "macenko")
     macenko.fit(reference)
+    batchnorm = {**training_fields(args.recipe), **args.overrides}.get("norm", "batch") == "batch"
     for seed in range(args.seeds):
         row("source-only", seed, "source-only", source)
         row("source-only+adabn", seed, "source-only", source, adapt="bn")
@@ -355,6 +359,12 @@ def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
             self_train_rounds=budget.self_train_rounds,
             self_train_epochs=budget.self_train_epochs, **unlabelled)
         row("supervised", seed, "supervised", labelled)
+        if batchnorm:  # target statistics kept apart (train --target-statistics)
+            row("uda-dsbn", seed, "uda-dsbn", source, mode="uda",
+                discs=list(PAPER_QUICK.uda_discs), init=str(runs / f"source-only-seed{seed}"),
+                disc_epochs=budget.disc_epochs, adv_epochs=budget.adv_epochs,
+                target_statistics=True, **unlabelled)
+            row("uda-dsbn+target", seed, "uda-dsbn", source, adapt="target")
     return records
 
 

@@ -79,14 +79,17 @@ def test_tiny_part_b_rows_and_target_without_masks(rt, tmp_path):
     data = make_domain(tmp_path / "tiles", "source", n=8, size=64)
     out = tmp_path / "out"
     argv = [str(data), "--part", "b", "--budget", "tiny", "--seeds", "1", "--out", str(out),
-            "--device", "cpu"]
+            "--device", "cpu", "--set", "norm=batch"]
     assert rt.main(argv) == 0
     results = sorted(p.stem for p in (out / "results-b").iterdir())
     assert results == ["macenko-seed0", "source-only+adabn-seed0", "source-only-seed0",
-                       "supervised-seed0", "uda+adabn-seed0", "uda-seed0", "uda-st-seed0"]
-    for name in ("source-only+adabn-seed0", "uda+adabn-seed0"):  # evaluation only
+                       "supervised-seed0", "uda+adabn-seed0", "uda-dsbn+target-seed0",
+                       "uda-dsbn-seed0", "uda-seed0", "uda-st-seed0"]
+    for name, mode in [("source-only+adabn-seed0", "bn"), ("uda+adabn-seed0", "bn"),
+                       ("uda-dsbn+target-seed0", "target")]:  # evaluation only
         rec = json.loads((out / "results-b" / f"{name}.json").read_text())
-        assert rec["adapt"] == "bn" and "bn_layers" in rec
+        assert rec["adapt"] == mode and rec["bn_layers"] > 0
+    assert (out / "runs-b" / "uda-dsbn-seed0" / "target-stats.safetensors").is_file()
     for name in results:
         rec = json.loads((out / "results-b" / f"{name}.json").read_text())
         assert rec["test"] == ["im6", "im7"] and 0.0 <= rec["dice"] <= 1.0
