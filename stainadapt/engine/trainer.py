@@ -153,6 +153,20 @@ class Trainer:
         """What is validated, selected and saved: G's moving average if ``ema``, else G."""
         return self.model if self.ema is None else self.ema.module
 
+    def target_eval_model(self) -> torch.nn.Module:
+        """What predicts target images (validation, pseudo-labels): :attr:`eval_model`, or a
+        copy of it with the target statistics when the run keeps them (``target_statistics``)."""
+        kept = self.model.target_statistics
+        if not kept:
+            return self.eval_model
+        import copy
+
+        from ..inference.adapt import apply_adapted_state
+
+        model = copy.deepcopy(self.eval_model)
+        apply_adapted_state(model, kept)
+        return model
+
     @property
     def finished(self) -> bool:
         """Every epoch of the schedule is done."""
@@ -356,7 +370,7 @@ class Trainer:
                                            self.device, **kw)
         if any(s.mask is not None for s in self.domains.tgt_val):
             key = "target_oracle" if self.domains.oracle else "target"
-            out[key] = evaluate_model(self.eval_model, self._val_items("target"),
+            out[key] = evaluate_model(self.target_eval_model(), self._val_items("target"),
                                       self.device, **kw)
         return {k: v for k, v in out.items() if v}
 

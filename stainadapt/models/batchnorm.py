@@ -68,11 +68,13 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     return seen
 
 
-def _training_layers(model: nn.Module) -> Iterator[tuple[str, nn.modules.batchnorm._BatchNorm]]:
-    """``(state-dict prefix, layer)`` of every BatchNorm layer in training mode."""
+def _training_layers(model: nn.Module, every_layer: bool = False
+                     ) -> Iterator[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """``(state-dict prefix, layer)`` of every BatchNorm layer in training mode (or every
+    one)."""
     names = {id(m): n for n, m in model.named_modules()}
     for m in batchnorm_layers(model):
-        if m.training:
+        if m.training or every_layer:
             yield (f"{names[id(m)]}." if names[id(m)] else ""), m
 
 
@@ -80,7 +82,8 @@ _STATS = ("running_mean", "running_var")
 
 
 @contextlib.contextmanager
-def statistics_kept_in(model: nn.Module, store: dict[str, torch.Tensor]) -> Iterator[None]:
+def statistics_kept_in(model: nn.Module, store: dict[str, torch.Tensor],
+                       every_layer: bool = False) -> Iterator[None]:
     """Run ``model`` with the BatchNorm running statistics held in ``store``, then put its own back.
 
     Domain-specific statistics (after Chang et al.'s DSBN, 2019, with shared affine
@@ -89,7 +92,9 @@ def statistics_kept_in(model: nn.Module, store: dict[str, torch.Tensor]) -> Iter
     ``<layer>.running_var`` (the keys of ``model.state_dict()``, the format of
     :func:`stainadapt.inference.adapt.adapted_state`) to tensors; a layer missing from it
     starts from the model's current statistics (:func:`start_statistics` fills them in
-    earlier). Only layers in training mode take part.
+    earlier). Only layers in training mode take part, unless ``every_layer``: then every
+    layer in ``store`` reads its statistics there (eval mode: the target statistics
+    predict, nothing is updated).
 
     The layers' buffer *tensors* are swapped, not their values: autograd keeps the
     source pass's statistics tensors for its backward, and an in-place copy into them
@@ -97,8 +102,10 @@ def statistics_kept_in(model: nn.Module, store: dict[str, torch.Tensor]) -> Iter
     """
     start_statistics(model, store)
     swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
-    for prefix, m in _training_layers(model):
+    for prefix, m in _training_layers(model, every_layer):
         for name in _STATS:
+            if prefix + name not in store:
+                continue
             swapped.append((m, name, m._buffers[name]))
             m._buffers[name] = store[prefix + name]
     try:

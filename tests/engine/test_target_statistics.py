@@ -140,3 +140,30 @@ def test_target_statistics_config_errors(fields, message):
     base = dict(source="s", target="t", mode="uda", discs=["mirrored"], target_statistics=True)
     with pytest.raises(InputError, match=message):
         TrainConfig(**{**base, **fields}).validate()
+
+
+def test_trainer_predicts_target_images_with_the_target_statistics(run):
+    from stainadapt.engine.trainer import Trainer
+
+    root, cfg = run
+    cfg2 = copy.deepcopy(cfg)
+    cfg2.out = str(root / "probe")
+    trainer = Trainer(cfg2)
+    assert trainer.target_eval_model() is trainer.eval_model  # nothing kept yet
+    trainer.model.target_statistics = load_model(root / "run")[0].target_statistics
+    probe = trainer.target_eval_model()
+    assert probe is not trainer.eval_model
+    for key, value in adapted_state(probe).items():
+        torch.testing.assert_close(value, trainer.model.target_statistics[key])
+    # the held-out diagnostics read the target crops with them too
+    from stainadapt.engine.callbacks.diagnostics import _forward
+    from stainadapt.engine.steps import StepBatch
+
+    x = torch.rand(4, 3, 64, 64)
+    batch = StepBatch(x[:2], None, x[2:], None, x, 2, True, False, False)
+    net = trainer.model.eval()
+    with torch.no_grad():
+        logits, _ = _forward(net, batch)
+        torch.testing.assert_close(logits[:2], net(x[:2]))
+        torch.testing.assert_close(logits[2:], probe.eval()(x[2:]))
+        assert not torch.allclose(logits[2:], net(x[2:]))

@@ -13,8 +13,9 @@ split):
   is orders of magnitude below ``seg`` does not move G.
 
 Both are measured with G and the discriminators in eval mode (BatchNorm running
-statistics are read, never updated) under a forked RNG, so a run trains exactly as
-without them. At the end of a run, a head whose held-out accuracy sat at chance
+statistics are read, never updated; a run that keeps target statistics reads those for
+the target crops, as its predictions on the target do) under a forked RNG, so a run
+trains exactly as without them. At the end of a run, a head whose held-out accuracy sat at chance
 (0.45-0.55) or at certainty (>= 0.95) for every adversarial epoch is named in one warning
 line: in neither regime does its adversarial term teach G.
 """
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ...models.batchnorm import statistics_kept_in
 from ..domains import epoch_seed, prepare_batch
 from ..losses import generator_adv_term, seg_loss
 from ..steps import StepBatch, disc_view
@@ -135,7 +137,7 @@ def measure(t: Any, batch: StepBatch) -> tuple[dict[str, float], dict[str, float
         d.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     try:
-        logits, feats = model(batch.x, return_features=True)
+        logits, feats = _forward(model, batch)
         probs = torch.sigmoid(logits.float())
         norms = {"seg": _grad_norm(seg_loss(logits[:batch.b], batch.ys, t.cfg.dice_weight),
                                    params)}
@@ -160,6 +162,19 @@ def measure(t: Any, batch: StepBatch) -> tuple[dict[str, float], dict[str, float
         for d, mode in zip(t.discs, disc_modes, strict=True):
             d.train(mode)
     return accuracy, norms
+
+
+def _forward(model: Any, batch: StepBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """G on the held-out batch as it predicts: target crops with the target statistics
+    when the run keeps them (``target_statistics``), else one pass."""
+    kept = model.target_statistics
+    if not kept or not batch.use_t or batch.b >= batch.x.shape[0]:
+        return model(batch.x, return_features=True)
+    logits, feats = model(batch.x[:batch.b], return_features=True)
+    with statistics_kept_in(model, kept, every_layer=True):
+        t_logits, t_feats = model(batch.x[batch.b:], return_features=True)
+    return (torch.cat([logits, t_logits]),
+            {k: torch.cat([v, t_feats[k]]) for k, v in feats.items()})
 
 
 def _grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:

@@ -90,7 +90,7 @@ class SelfTraining(Callback):
         from ...data.io import read_image, write_image
 
         samples = t.domains.tgt_train
-        model = t.eval_model
+        model = t.target_eval_model()
         was_training = model.training
         model.eval()
         task = None
