@@ -417,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.data}: no images/ folder (the labelled real tiles)", file=sys.stderr)
         return 2
     args.overrides = _overrides(args.overrides)
+    from stainadapt.device import resolve_device
+
+    args.device = str(resolve_device(args.device))  # "auto" once, for every run and load
     budget = BUDGETS[args.budget]
     if args.part == "a":
         text = summary(run_part_a(args, budget))

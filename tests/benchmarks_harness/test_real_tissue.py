@@ -78,8 +78,9 @@ def test_missing_data_is_one_line(rt, tmp_path, capsys):
 def test_tiny_part_b_rows_and_target_without_masks(rt, tmp_path):
     data = make_domain(tmp_path / "tiles", "source", n=8, size=64)
     out = tmp_path / "out"
+    # the default --device auto, resolved once for every run and every reload
     argv = [str(data), "--part", "b", "--budget", "tiny", "--seeds", "1", "--out", str(out),
-            "--device", "cpu", "--set", "norm=batch"]
+            "--set", "norm=batch"]
     assert rt.main(argv) == 0
     results = sorted(p.stem for p in (out / "results-b").iterdir())
     assert results == ["macenko-seed0", "source-only+adabn-seed0", "source-only-seed0",
