@@ -146,6 +146,20 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
 
 
+def _apply_statistics(net: nn.Module, statistics: str | Path) -> str:
+    """Put the chosen BatchNorm statistics into ``net``; what the contract records."""
+    from .inference.adapt import apply_adapted_state, kept_target_statistics, read_adapted_state
+
+    if str(statistics) == "trained":
+        return "trained"
+    if str(statistics) == "target":
+        apply_adapted_state(net, kept_target_statistics(net))
+        return "target"
+    state, _ = read_adapted_state(statistics, net)
+    apply_adapted_state(net, state)
+    return f"file {Path(statistics).name}"
+
+
 def _contract(meta: dict[str, Any], fmt: str, baked_in: bool) -> dict[str, Any]:
     from .version import __version__
 
@@ -266,6 +280,7 @@ def export_model(
     opset: int = 17,
     seed: int = 0,
     normalizer: bool = True,
+    statistics: str | Path = "trained",
 ) -> ExportReport:
     """Export ``run_dir``'s network (and normaliser) to ``out`` (see the module docstring).
 
@@ -275,7 +290,10 @@ def export_model(
     in the check batch (plus one near-blank). ``atol``: largest allowed probability
     difference (default :data:`ATOL`, or :data:`ATOL_NORMALIZED` with a baked-in
     normaliser); ``image_atol``: largest allowed per-image mean difference of the
-    normalised images (0..255). Raises :class:`InputError` for a bad format, run folder
+    normalised images (0..255). ``statistics``: the BatchNorm statistics frozen into the
+    export: ``"trained"`` (the model's), ``"target"`` (those a ``--target-statistics``
+    run kept for its target stain) or the path of a statistics file written by ``predict
+    --adapt``. Raises :class:`InputError` for a bad format, run folder
     or a normaliser that cannot be baked in, and :class:`RunFailure` when the exported
     model disagrees with PyTorch.
     """
@@ -290,6 +308,7 @@ def export_model(
     if out.is_dir():
         raise InputError(f"{out}: is a folder; give a file name (e.g. {out / ('model.' + fmt)})")
     net, meta = load_model(run_dir, device="cpu")
+    batchnorm = _apply_statistics(net, statistics)
     entry = meta.get("normalizer") or None
     eager_norm = normalizer_from_meta(entry) if entry and normalizer else None
     baked = None
@@ -306,6 +325,7 @@ def export_model(
     size = max(32, size - size % 32)
     sizes = [size, size + 32]
     contract = _contract(meta, fmt, baked is not None)
+    contract["batchnorm_statistics"] = batchnorm
     report = ExportReport(
         out,
         fmt,

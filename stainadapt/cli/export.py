@@ -50,6 +50,14 @@ def export(
         ),
     ] = 0.01,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 17,
+    statistics: Annotated[
+        str,
+        typer.Option(
+            "--statistics",
+            help="BatchNorm statistics frozen into the export: trained, target (kept by a "
+            "--target-statistics run) or a statistics file written by predict --adapt.",
+        ),
+    ] = "trained",
 ) -> None:
     """Export the segmentation network, with the run's normaliser baked in, checked against PyTorch.
 
@@ -71,6 +79,7 @@ def export(
             image_atol=image_atol,
             opset=opset,
             normalizer=normalizer,
+            statistics=statistics,
         )
     )
     console.print(f"wrote {report.path} ({report.format}) and {report.sidecar}", highlight=False)

@@ -271,8 +271,8 @@ def kept_target_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     kept = getattr(model, "target_statistics", None)
     if not kept:
-        raise InputError("--adapt target: the model kept no target statistics (train it "
-                         "with --target-statistics and a --target; or use --adapt bn)")
+        raise InputError("the model kept no target statistics (train it with "
+                         "--target-statistics and a --target; or adapt with --adapt bn)")
     return kept
 
 

@@ -167,3 +167,36 @@ def test_trainer_predicts_target_images_with_the_target_statistics(run):
         torch.testing.assert_close(logits[:2], net(x[:2]))
         torch.testing.assert_close(logits[2:], probe.eval()(x[2:]))
         assert not torch.allclose(logits[2:], net(x[2:]))
+
+
+def _run_export(path, fmt: str, x: torch.Tensor) -> torch.Tensor:
+    if fmt == "torchscript":
+        with torch.no_grad():
+            return torch.jit.load(str(path))(x)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_freezes_the_chosen_statistics(run, tmp_path, fmt):
+    root, _ = run
+    x = torch.rand(1, 3, 64, 64) * 255
+    outs = {}
+    for stats in ("trained", "target"):
+        path = tmp_path / f"{stats}.{fmt}"
+        res = runner.invoke(app, ["export", str(root / "run"), "--out", str(path),
+                                  "--format", fmt, "--statistics", stats])
+        assert res.exit_code == 0, res.output
+        contract = json.loads(path.with_name(path.name + ".json").read_text())
+        assert contract["batchnorm_statistics"] == stats
+        outs[stats] = _run_export(path, fmt, x)
+    model, _ = load_model(root / "run")
+    with torch.no_grad():
+        expected = torch.sigmoid(adapted_copy(model, [], torch.device("cpu"), "target")(x / 255))
+    torch.testing.assert_close(outs["target"], expected, atol=1e-4, rtol=0)
+    assert not torch.allclose(outs["target"], outs["trained"], atol=1e-4)
+    res = runner.invoke(app, ["export", str(root / "run"), "--out", str(tmp_path / "x.pt"),
+                              "--format", "torchscript", "--statistics", str(tmp_path / "no")])
+    assert res.exit_code == 2 and "no such statistics file" in res.output
