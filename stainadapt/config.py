@@ -349,7 +349,9 @@ def resolve_config(
     """``defaults`` (a recipe's fields), then file values, then flags; validated.
 
     ``None`` flags are "not given". ``steps`` and ``pretrain_epochs`` say the same thing
-    twice: one layer may give both only if they agree (a run's own config.toml does).
+    twice: one layer may give both only if they agree (a run's own config.toml does). In a
+    run without discriminators ``steps`` is the whole budget: ``adv_epochs``, which such
+    a run spends on more segmentation epochs, is 0 unless some layer gives it.
     """
     values: dict[str, Any] = dict(_check_keys(defaults or {}, "recipe"))
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -364,7 +366,13 @@ def resolve_config(
         if "pretrain_epochs" in layer:  # epochs given here replace a recipe's steps
             values["steps"] = 0
         values.update(layer)
-    return TrainConfig(**values).validate()
+    config = TrainConfig(**values)
+    if config.steps and "adv_epochs" not in values and (
+            config.mode == "source-only" or not config.discs):
+        # without discriminators the adversarial epochs are plain segmentation epochs:
+        # --steps alone is then the whole budget, as it reads
+        config.adv_epochs = 0
+    return config.validate()
 
 
 def _toml_value(value: Any) -> str:

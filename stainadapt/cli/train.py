@@ -67,7 +67,8 @@ def train(
         "it.")] = None,
     steps: Annotated[int | None, typer.Option(
         help="G-alone optimiser steps (s0) as one number: pretrain epochs = steps / "
-        "steps per epoch.", rich_help_panel=_SCHED)] = None,
+        "steps per epoch. Without discriminators (source-only) the whole budget, unless "
+        "--adv-epochs is given.", rich_help_panel=_SCHED)] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(
         help="Optimiser steps per epoch (0: source train images / (batch size x processes)).",
         rich_help_panel=_SCHED)] = None,

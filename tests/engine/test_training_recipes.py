@@ -72,9 +72,15 @@ def test_real_recipe_sets_its_fields_and_flags_win(tmp_path):
 def test_steps_and_epoch_flags_agree():
     so = {"source": "s", "mode": "source-only", "steps_per_epoch": 10}
     by_steps = resolve_config(None, {**so, "steps": 600})
-    by_epochs = resolve_config(None, {**so, "pretrain_epochs": 60})
+    by_epochs = resolve_config(None, {**so, "pretrain_epochs": 60, "adv_epochs": 0})
     assert by_steps.pretrain_epochs == 60
-    assert by_steps.phases() == by_epochs.phases()
+    assert by_steps.phases() == by_epochs.phases() == ["seg"] * 60  # the whole budget
+    # adversarial epochs given with it are still trained (as segmentation epochs here) ...
+    assert len(resolve_config(None, {**so, "steps": 600, "adv_epochs": 5}).phases()) == 65
+    # ... and a run with discriminators keeps its schedule: steps is s0 there
+    uda = resolve_config(None, {**so, "mode": "uda", "target": "t", "discs": ["mirrored"],
+                                "steps": 600})
+    assert uda.phases().count("seg") == 60 and uda.adv_epochs == 100
     # a run's own config.toml holds both, and they agree
     assert resolve_config(None, {**so, "steps": 600, "pretrain_epochs": 60}).pretrain_epochs == 60
     with pytest.raises(InputError, match="steps 600 and pretrain_epochs 50 disagree"):
