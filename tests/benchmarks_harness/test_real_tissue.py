@@ -84,9 +84,11 @@ def test_tiny_part_b_rows_and_target_without_masks(rt, tmp_path):
     assert rt.main(argv) == 0
     results = sorted(p.stem for p in (out / "results-b").iterdir())
     assert results == ["macenko-seed0", "source-only+adabn-seed0", "source-only-seed0",
-                       "supervised-seed0", "uda+adabn-seed0", "uda-dsbn+target-seed0",
+                       "supervised+adabn-seed0", "supervised-seed0", "uda+adabn-seed0",
+                       "uda-dsbn+target-seed0",
                        "uda-dsbn-seed0", "uda-seed0", "uda-st-seed0"]
     for name, mode in [("source-only+adabn-seed0", "bn"), ("uda+adabn-seed0", "bn"),
+                       ("supervised+adabn-seed0", "bn"),
                        ("uda-dsbn+target-seed0", "target")]:  # evaluation only
         rec = json.loads((out / "results-b" / f"{name}.json").read_text())
         assert rec["adapt"] == mode and rec["bn_layers"] > 0
