@@ -250,6 +250,8 @@ def describe_manifest(manifest: dict[str, Any]) -> str:
     mode = adapt.get("mode", "none")
     if mode == "none":
         return "predictions: not adapted at test time"
+    if adapt.get("scope") == "trained":
+        return "predictions: with the target statistics the model kept in training (target)"
     if adapt.get("scope") == "loaded":
         return f"predictions: adapted at test time ({mode}, statistics {adapt.get('statistics')})"
     windows = adapt.get("windows")

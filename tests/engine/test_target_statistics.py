@@ -111,6 +111,10 @@ def test_predict_adapt_target_uses_the_kept_statistics(run, tmp_path):
     assert not (tmp_path / "kept" / "adapted-stats.safetensors").exists()  # nothing estimated
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "plain")])
     assert res.exit_code == 0, res.output
+    from stainadapt.inference.adapt_files import describe_manifest, read_predict_manifest
+
+    line = describe_manifest(read_predict_manifest(tmp_path / "kept"))
+    assert "target statistics the model kept" in line
     kept = sorted((tmp_path / "kept").glob("*.png"))
     plain = sorted((tmp_path / "plain").glob("*.png"))
     assert [p.name for p in kept] == [p.name for p in plain] and kept
