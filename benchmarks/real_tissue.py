@@ -304,7 +304,8 @@ def _link_images(data: Path, names: list[str], dest: Path) -> Path:
 
 
 def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]:
-    """Synthetic PASM -> real PAS: the rows of part (b) for seeds ``0..args.seeds-1``."""
+    """Synthetic PASM -> real PAS: the rows of part (b) for seeds
+    ``args.first_seed..args.seeds-1``."""
     from stainadapt.data.folders import scan_domain
     from stainadapt.data.io import read_image
     from stainadapt.data.synth import generate
@@ -348,7 +349,7 @@ def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
     macenko = create("normalizers", "macenko")
     macenko.fit(reference)
     batchnorm = {**training_fields(args.recipe), **args.overrides}.get("norm", "batch") == "batch"
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         row("source-only", seed, "source-only", source)
         row("source-only+adabn", seed, "source-only", source, adapt="bn")
         row("macenko", seed, "source-only", source, normalizer=macenko)
@@ -412,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapt", choices=sorted(ADAPT_SUFFIX), default=None,
                    help="part (a): also evaluate each recipe row with test-time adaptation")
     p.add_argument("--seeds", type=int, default=3, help="part (b): seeds 0..N-1")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="part (b): start at this seed (one process per seed can share --out)")
     p.add_argument("--device", default="auto")
     p.add_argument("--md", type=Path, default=None, help="Markdown summary output")
     args = p.parse_args(argv)
