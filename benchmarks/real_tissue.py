@@ -357,11 +357,11 @@ def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
             init=str(runs / f"source-only-seed{seed}"), disc_epochs=budget.disc_epochs,
             adv_epochs=budget.adv_epochs, **unlabelled)
         row("uda+adabn", seed, "uda", source, adapt="bn")
+        row("supervised", seed, "supervised", labelled)
+        row("supervised+adabn", seed, "supervised", labelled, adapt="bn")
         row("uda-st", seed, "uda-st", source, init=str(runs / f"uda-seed{seed}"),
             self_train_rounds=budget.self_train_rounds,
             self_train_epochs=budget.self_train_epochs, **unlabelled)
-        row("supervised", seed, "supervised", labelled)
-        row("supervised+adabn", seed, "supervised", labelled, adapt="bn")
         if batchnorm:  # target statistics kept apart (train --target-statistics)
             row("uda-dsbn", seed, "uda-dsbn", source, mode="uda",
                 discs=list(PAPER_QUICK.uda_discs), init=str(runs / f"source-only-seed{seed}"),
