@@ -20,24 +20,30 @@ from stainadapt.testing import make_domain
 TIMEOUT = 240
 
 
+def _torchrun_train(cwd, *args: str) -> subprocess.CompletedProcess:
+    """``stainadapt train ARGS`` under two gloo ranks in ``cwd``; asserts it finished."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STAINADAPT_DDP_CHECKSUM": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", "2", "-m", "stainadapt", "train", *args]
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp-train")
     make_domain(root / "data" / "s", "source", n=6, size=64)
     make_domain(root / "data" / "t", "target", n=6, size=64)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "STAINADAPT_DDP_CHECKSUM": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node", "2", "-m", "stainadapt", "train",
-           "--source", "data/s", "--target", "data/t", "--mode", "uda",
-           "--disc", "single:layer=f4", "--disc", "shape", "--backbone", "resnet18",
-           "--image-size", "64", "--batch-size", "2", "--steps-per-epoch", "2",
-           "--pretrain-epochs", "1", "--disc-epochs", "1", "--adv-epochs", "1",
-           "--samples", "0", "--device", "cpu", "--out", "runs/r"]
-    res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
-                         timeout=TIMEOUT)
-    assert res.returncode == 0, res.stdout + res.stderr
+    res = _torchrun_train(
+        root, "--source", "data/s", "--target", "data/t", "--mode", "uda",
+        "--disc", "single:layer=f4", "--disc", "shape", "--backbone", "resnet18",
+        "--image-size", "64", "--batch-size", "2", "--steps-per-epoch", "2",
+        "--pretrain-epochs", "1", "--disc-epochs", "1", "--adv-epochs", "1",
+        "--samples", "0", "--device", "cpu", "--out", "runs/r")
     return root, res
 
 
@@ -71,18 +77,11 @@ def test_frozen_encoder_then_released_under_two_ranks(tmp_path):
     """DDP is re-wrapped when the encoder freezes and when it is released: both ranks
     train through the switch and end with identical replicas."""
     make_domain(tmp_path / "data" / "s", "source", n=6, size=64)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "STAINADAPT_DDP_CHECKSUM": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node", "2", "-m", "stainadapt", "train", "--source", "data/s",
-           "--mode", "source-only", "--backbone", "resnet18", "--image-size", "64",
-           "--batch-size", "2", "--steps-per-epoch", "2", "--pretrain-epochs", "2",
-           "--freeze-encoder-epochs", "1", "--encoder-lr-mult", "0.5", "--adv-epochs", "0",
-           "--samples", "0", "--device", "cpu", "--out", "runs/r"]
-    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=TIMEOUT)
-    assert res.returncode == 0, res.stdout + res.stderr
+    _torchrun_train(
+        tmp_path, "--source", "data/s", "--mode", "source-only", "--backbone", "resnet18",
+        "--image-size", "64", "--batch-size", "2", "--steps-per-epoch", "2",
+        "--pretrain-epochs", "2", "--freeze-encoder-epochs", "1", "--encoder-lr-mult", "0.5",
+        "--adv-epochs", "0", "--samples", "0", "--device", "cpu", "--out", "runs/r")
     run = tmp_path / "runs" / "r"
     sums = [(run / f"rank{r}.checksum").read_text() for r in (0, 1)]
     assert sums[0] == sums[1]
