@@ -270,12 +270,10 @@ def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[An
             f"{weights}: weights do not fit a {backbone} SegmentationNet "
             f"({first[1].strip() if len(first) > 1 else first[0]})"
         ) from None
+    model.to(torch.device(device)).eval()
     if (run / TARGET_STATS).is_file():  # train --target-statistics: predict --adapt target
         from .inference.adapt import read_adapted_state
 
-        model.target_statistics = read_adapted_state(run / TARGET_STATS, model)[0]
-    model.to(torch.device(device)).eval()
-    if model.target_statistics is not None:
-        model.target_statistics = {k: v.to(torch.device(device))
-                                   for k, v in model.target_statistics.items()}
+        kept = read_adapted_state(run / TARGET_STATS, model)[0]
+        model.target_statistics = {k: v.to(torch.device(device)) for k, v in kept.items()}
     return model, meta

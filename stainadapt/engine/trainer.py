@@ -33,6 +33,7 @@ inside a step: losses and accuracies accumulate in device tensors read once per 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -49,6 +50,7 @@ from ..device import resolve_amp
 from ..device import resolve_device as _resolve_device
 from ..errors import InputError, ReportedInterrupt
 from ..inference.evaluate import evaluate_model, load_domain_images
+from ..models.batchnorm import statistics_kept_in
 from ..runs import normalizer_to_meta
 from ..schedule import PHASES, epoch_phases
 from .build import build_augment, build_networks, fresh_ema, seed_everything
@@ -153,19 +155,14 @@ class Trainer:
         """What is validated, selected and saved: G's moving average if ``ema``, else G."""
         return self.model if self.ema is None else self.ema.module
 
-    def target_eval_model(self) -> torch.nn.Module:
-        """What predicts target images (validation, pseudo-labels): :attr:`eval_model`, or a
-        copy of it with the target statistics when the run keeps them (``target_statistics``)."""
+    def reading_target_statistics(self) -> contextlib.AbstractContextManager[None]:
+        """While open, :attr:`eval_model` normalises with the target statistics the run
+        keeps (``target_statistics``; nothing changes without them): how target images
+        are predicted in validation and for pseudo-labels. Eval mode reads, never updates."""
         kept = self.model.target_statistics
         if not kept:
-            return self.eval_model
-        import copy
-
-        from ..inference.adapt import apply_adapted_state
-
-        model = copy.deepcopy(self.eval_model)
-        apply_adapted_state(model, kept)
-        return model
+            return contextlib.nullcontext()
+        return statistics_kept_in(self.eval_model, kept, every_layer=True)
 
     @property
     def finished(self) -> bool:
@@ -370,8 +367,9 @@ class Trainer:
                                            self.device, **kw)
         if any(s.mask is not None for s in self.domains.tgt_val):
             key = "target_oracle" if self.domains.oracle else "target"
-            out[key] = evaluate_model(self.target_eval_model(), self._val_items("target"),
-                                      self.device, **kw)
+            with self.reading_target_statistics():
+                out[key] = evaluate_model(self.eval_model, self._val_items("target"),
+                                          self.device, **kw)
         return {k: v for k, v in out.items() if v}
 
     def _smoothed(self, score: float, phase: str) -> float:

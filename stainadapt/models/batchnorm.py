@@ -91,8 +91,8 @@ def statistics_kept_in(model: nn.Module, store: dict[str, torch.Tensor],
     statistics the source half keeps. ``store`` maps ``<layer>.running_mean`` /
     ``<layer>.running_var`` (the keys of ``model.state_dict()``, the format of
     :func:`stainadapt.inference.adapt.adapted_state`) to tensors; a layer missing from it
-    starts from the model's current statistics (:func:`start_statistics` fills them in
-    earlier). Only layers in training mode take part, unless ``every_layer``: then every
+    keeps the model's own (:func:`start_statistics` gives every training layer an entry
+    first). Only layers in training mode take part, unless ``every_layer``: then every
     layer in ``store`` reads its statistics there (eval mode: the target statistics
     predict, nothing is updated).
 
@@ -100,7 +100,6 @@ def statistics_kept_in(model: nn.Module, store: dict[str, torch.Tensor],
     source pass's statistics tensors for its backward, and an in-place copy into them
     would invalidate it.
     """
-    start_statistics(model, store)
     swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
     for prefix, m in _training_layers(model, every_layer):
         for name in _STATS:

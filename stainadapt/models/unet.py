@@ -214,19 +214,20 @@ class SegmentationNet(nn.Module):
         a batch that mixes two stains would otherwise be normalised with statistics
         that fit neither (see :mod:`stainadapt.engine.steps`). It is one call, so a
         DistributedDataParallel wrapper sees one forward per backward. With
-        :attr:`target_statistics` set, the second part also keeps running statistics of its
-        own.
+        :attr:`target_statistics` set, the second part keeps running statistics of its own
+        in training mode, and is normalised with them in eval mode.
         """
         if x.ndim != 4:
             raise InputError(f"expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
         if split is not None and 0 < split < x.shape[0]:
-            keep = self.training and self.target_statistics is not None
-            if keep:  # a new layer's target statistics start from G's, before this batch
-                start_statistics(self, self.target_statistics)
+            kept = self.target_statistics
+            if kept is not None and self.training:
+                # a new layer's target statistics start from G's, before this batch
+                start_statistics(self, kept)
             first = self.forward(x[:split], return_features=True)
-            kept = (statistics_kept_in(self, self.target_statistics) if keep
-                    else contextlib.nullcontext())
-            with kept:
+            target = (statistics_kept_in(self, kept, every_layer=not self.training)
+                      if kept is not None else contextlib.nullcontext())
+            with target:
                 second = self.forward(x[split:], return_features=True)
             logits = torch.cat([first[0], second[0]])
             if not return_features:

@@ -153,21 +153,21 @@ def test_trainer_predicts_target_images_with_the_target_statistics(run):
     cfg2 = copy.deepcopy(cfg)
     cfg2.out = str(root / "probe")
     trainer = Trainer(cfg2)
-    assert trainer.target_eval_model() is trainer.eval_model  # nothing kept yet
+    own = adapted_state(trainer.eval_model)
+    with trainer.reading_target_statistics():  # nothing kept yet: the model's own
+        assert all(torch.equal(v, own[k]) for k, v in adapted_state(trainer.eval_model).items())
     trainer.model.target_statistics = load_model(root / "run")[0].target_statistics
-    probe = trainer.target_eval_model()
-    assert probe is not trainer.eval_model
-    for key, value in adapted_state(probe).items():
-        torch.testing.assert_close(value, trainer.model.target_statistics[key])
-    # the held-out diagnostics read the target crops with them too
-    from stainadapt.engine.callbacks.diagnostics import _forward
-    from stainadapt.engine.steps import StepBatch
-
+    with trainer.reading_target_statistics():
+        for key, value in adapted_state(trainer.eval_model).items():
+            torch.testing.assert_close(value, trainer.model.target_statistics[key])
+    # and back to the model's own afterwards
+    assert all(torch.equal(v, own[k]) for k, v in adapted_state(trainer.eval_model).items())
+    # the held-out diagnostics' split pass reads the target crops with them too
+    probe = adapted_copy(trainer.model, [], torch.device("cpu"), "target")
     x = torch.rand(4, 3, 64, 64)
-    batch = StepBatch(x[:2], None, x[2:], None, x, 2, True, False, False)
     net = trainer.model.eval()
     with torch.no_grad():
-        logits, _ = _forward(net, batch)
+        logits, _ = net(x, return_features=True, split=2)
         torch.testing.assert_close(logits[:2], net(x[:2]))
         torch.testing.assert_close(logits[2:], probe.eval()(x[2:]))
         assert not torch.allclose(logits[2:], net(x[2:]))

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from ...models.batchnorm import statistics_kept_in
 from ..domains import epoch_seed, prepare_batch
 from ..losses import generator_adv_term, seg_loss
 from ..steps import StepBatch, disc_view
@@ -137,7 +136,9 @@ def measure(t: Any, batch: StepBatch) -> tuple[dict[str, float], dict[str, float
         d.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     try:
-        logits, feats = _forward(model, batch)
+        # target crops with the target statistics when the run keeps them
+        split = batch.b if batch.use_t and model.target_statistics else None
+        logits, feats = model(batch.x, return_features=True, split=split)
         probs = torch.sigmoid(logits.float())
         norms = {"seg": _grad_norm(seg_loss(logits[:batch.b], batch.ys, t.cfg.dice_weight),
                                    params)}
@@ -162,19 +163,6 @@ def measure(t: Any, batch: StepBatch) -> tuple[dict[str, float], dict[str, float
         for d, mode in zip(t.discs, disc_modes, strict=True):
             d.train(mode)
     return accuracy, norms
-
-
-def _forward(model: Any, batch: StepBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """G on the held-out batch as it predicts: target crops with the target statistics
-    when the run keeps them (``target_statistics``), else one pass."""
-    kept = model.target_statistics
-    if not kept or not batch.use_t or batch.b >= batch.x.shape[0]:
-        return model(batch.x, return_features=True)
-    logits, feats = model(batch.x[:batch.b], return_features=True)
-    with statistics_kept_in(model, kept, every_layer=True):
-        t_logits, t_feats = model(batch.x[batch.b:], return_features=True)
-    return (torch.cat([logits, t_logits]),
-            {k: torch.cat([v, t_feats[k]]) for k, v in feats.items()})
 
 
 def _grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:

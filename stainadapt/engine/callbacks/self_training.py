@@ -90,7 +90,7 @@ class SelfTraining(Callback):
         from ...data.io import read_image, write_image
 
         samples = t.domains.tgt_train
-        model = t.target_eval_model()
+        model = t.eval_model
         was_training = model.training
         model.eval()
         task = None
@@ -98,13 +98,14 @@ class SelfTraining(Callback):
             task = t.progress.add_task(f"self-training round {round_}: labelling the target",
                                        total=len(samples), loss="")
         foreground = 0.0
-        for s in samples:
-            prob = predict_probs(model, read_image(s.image), t.device, t.normalizer, t.amp)
-            mask = (prob > t.cfg.threshold).cpu().numpy()
-            foreground += float(mask.mean())
-            write_image(folder / f"{s.name}.png", mask)
-            if task is not None:
-                t.progress.update(task, advance=1)
+        with t.reading_target_statistics():  # the target as the run predicts it
+            for s in samples:
+                prob = predict_probs(model, read_image(s.image), t.device, t.normalizer, t.amp)
+                mask = (prob > t.cfg.threshold).cpu().numpy()
+                foreground += float(mask.mean())
+                write_image(folder / f"{s.name}.png", mask)
+                if task is not None:
+                    t.progress.update(task, advance=1)
         model.train(was_training)
         return {"round": round_, "images": len(samples), "folder": str(folder),
                 "foreground": round(foreground / max(len(samples), 1), 4)}
