@@ -172,7 +172,12 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
         raise
     except Exception as exc:  # tifffile raises many types on corrupt data
         raise _err(path, f"cannot read TIFF ({_reason(exc)})") from exc
-    return _tiff_to_hwc(np.asarray(arr), axes)
+    arr = np.asarray(arr)
+    # a corrupt strip table can make tifffile return no pixels in a shape of its own
+    if arr.ndim != len(axes) or arr.size == 0:
+        raise _err(path, f"cannot read TIFF (pixel data of shape {arr.shape} does not fit "
+                         f"its header's axes {axes!r})")
+    return _tiff_to_hwc(arr, axes)
 
 
 # ---------------------------------------------------------------------------- Pillow
