@@ -31,14 +31,27 @@ from stainadapt.runs import save_model
 TIMEOUT = 240
 
 
+# A gloo rank can abort in the process group's teardown after its work is done (exit -6,
+# "terminate called without an active exception", no Python traceback): a PyTorch/gloo
+# shutdown race, seen in CI and not in forty local reruns under load.
+# Such a launch is run once more; every output is still compared with the one-process
+# bytes, so a rank that failed in its work cannot pass this way.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # faulthandler: a rank that dies on a signal prints every thread's Python stack.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc-per-node", "2", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    if res.returncode != 0 and TEARDOWN_ABORT in res.stderr:
+        res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                             timeout=TIMEOUT)
+    return res
 
 
 def image(h: int, w: int, seed: int) -> np.ndarray:
