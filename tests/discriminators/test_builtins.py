@@ -151,3 +151,52 @@ def test_shape_sees_binary_masks_but_passes_gradients(net):
     literal = make("shape:hard=false", net).eval()
     literal.load_state_dict(disc.state_dict())
     assert not torch.equal(literal({"mask": soft})["shape"], literal({"mask": binary})["shape"])
+
+
+def test_self_information_is_the_binary_entropy_in_bits():
+    from stainadapt.discriminators.entropy import self_information
+
+    p = torch.tensor([0.0, 0.5, 1.0, 0.1]).view(1, 1, 1, 4).requires_grad_(True)
+    info = self_information(p)
+    assert info.shape == (1, 2, 1, 4)
+    total = info.sum(1).flatten()
+    assert total[1].item() == pytest.approx(1.0, abs=1e-6)
+    assert total[0].item() < 1e-4 and total[2].item() < 1e-4
+    assert total[3].item() == pytest.approx(0.469, abs=1e-3)
+    total.sum().backward()
+    assert torch.isfinite(p.grad).all()  # clamped: no inf at p = 0 or 1
+
+
+def test_entropy_discriminator_learns_confident_from_unsure_maps():
+    """Source-like maps (p near 0 or 1) against target-like ones (p near 0.5): a few
+    Adam steps separate them, and G's term then points target maps towards confidence."""
+    torch.manual_seed(0)
+    disc = registry.create("discriminators", "entropy:width=8,depth=3", {})
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    labels = torch.tensor([1.0] * 4 + [0.0] * 4)
+
+    def maps() -> torch.Tensor:
+        sure = (torch.rand(4, 1, 32, 32) > 0.8).float() * 0.98 + 0.01
+        unsure = 0.5 + 0.2 * (torch.rand(4, 1, 32, 32) - 0.5)
+        return torch.cat([sure, unsure])
+
+    for _ in range(40):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            disc({"mask": maps()})["entropy"], labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    logits = disc({"mask": maps()})["entropy"]
+    assert ((logits > 0).float() == labels).all()
+    # G's flipped-label term on the target rows: lowering it moves p away from 0.5
+    target = (0.5 + 0.1 * torch.rand(4, 1, 32, 32)).requires_grad_(True)
+    g_term = torch.nn.functional.binary_cross_entropy_with_logits(
+        disc({"mask": target})["entropy"], torch.ones(4))
+    g_term.backward()
+    assert (target.grad.mean() < 0)  # gradient descent raises p above 0.5: more confident
+
+
+@pytest.mark.parametrize("spec", ["entropy:depth=0", "entropy:width=x", "entropy:weight=-1"])
+def test_entropy_bad_options_are_plugin_errors(spec):
+    with pytest.raises(PluginError):
+        registry.create("discriminators", spec, {})

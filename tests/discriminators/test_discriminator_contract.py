@@ -39,6 +39,7 @@ def test_accepts_the_maps_of_every_backbone(name, backbone):
         "concat:mode=pool",
         "mirrored:side=encoder",
         "mirrored:side=decoder",
+        "entropy:width=8,depth=2,weight=0.5",
     ],
 )
 def test_contract_with_options(spec):
