@@ -117,6 +117,11 @@ class TrainConfig:
     # microns per pixel of the training tiles (None: not known); recorded in model.json
     # so predict reads slides at the same resolution
     mpp: float | None = None
+    # G sees the tiles this many times coarser than they are stored (box filter): crops
+    # of image_size then hold a whole glomerulus and its surroundings. Recorded in
+    # model.json; predict, evaluate and test-time adaptation resample every input the
+    # same way and write masks at the input's own size (data/resample.py)
+    downsample: float = 1.0
     val_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"
@@ -224,6 +229,8 @@ class TrainConfig:
             raise InputError(f"image_size {self.image_size} must be a positive multiple of 32")
         if self.mpp is not None and not (math.isfinite(self.mpp) and self.mpp > 0):
             raise InputError(f"mpp must be a positive number of microns per pixel, got {self.mpp}")
+        if not (math.isfinite(self.downsample) and self.downsample >= 1):
+            raise InputError(f"downsample must be a number >= 1, got {self.downsample}")
         for name in ("pretrain_epochs", "disc_epochs", "adv_epochs", "steps_per_epoch",
                      "workers", "samples", "self_train_rounds", "self_train_epochs", "steps",
                      "warmup_steps", "bn_recalibration"):

@@ -183,6 +183,10 @@ def _contract(meta: dict[str, Any], fmt: str, baked_in: bool) -> dict[str, Any]:
         "normalizer_baked_in": baked_in,
         "threshold": meta.get("threshold", 0.5),
         "image_size": meta.get("image_size"),
+        # the graph sees images this many times coarser than the training tiles: resample
+        # inputs down by it first (box filter) and the probabilities back up
+        "downsample": float(meta.get("downsample") or 1.0),
+        "mpp": meta.get("mpp"),
         "backbone": meta.get("backbone"),
         # applied inside the graph, after x / 255: the encoder's pretrained mean/std
         "input_norm_in_graph": meta.get("input_norm"),

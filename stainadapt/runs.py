@@ -5,7 +5,8 @@ A trained model is two files in the run folder, so ``predict`` needs nothing els
 * ``model.safetensors``: the state dict of :class:`~stainadapt.models.unet.SegmentationNet`
   (safetensors: no pickle, so loading a model from someone else runs no code);
 * ``model.json``: how to rebuild the network and use it (``backbone``, ``image_size``,
-  ``mpp`` (microns per pixel of the training tiles, or null), ``threshold``,
+  ``mpp`` (microns per pixel G works at, or null), ``downsample`` (how many times
+  coarser than the training tiles G sees them, 1 for none), ``threshold``,
   ``decoder_channels``, ``normalizer``, ``stainadapt_version``, ``mode``, ``discs``,
   ``encoder``: the resolved timm architecture and the starting weights' tag and sha256,
   ``input_norm``: the mean/std G applies to its input, or null).
@@ -140,6 +141,7 @@ def meta_defaults(model: Any) -> dict[str, Any]:
         "backbone": getattr(model, "backbone_name", None),
         "image_size": None,
         "mpp": None,
+        "downsample": float(getattr(model, "downsample", 1.0) or 1.0),
         "threshold": 0.5,
         "decoder_channels": list(getattr(model, "decoder_channels", ()) or ()) or None,
         "norm": getattr(model, "norm", "batch"),
@@ -271,6 +273,7 @@ def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[An
             f"({first[1].strip() if len(first) > 1 else first[0]})"
         ) from None
     model.to(torch.device(device)).eval()
+    model.downsample = float(meta.get("downsample") or 1.0)  # runs before it: 1
     if (run / TARGET_STATS).is_file():  # train --target-statistics: predict --adapt target
         from .inference.adapt import read_adapted_state
 

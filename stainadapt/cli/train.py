@@ -99,6 +99,10 @@ def train(
         "--mpp", help="Microns per pixel of the training tiles: recorded in model.json so "
         "predict reads slides at this resolution (default: the source's tiles.json, from "
         "stainadapt tiles).", rich_help_panel=_DATA)] = None,
+    downsample: Annotated[float | None, typer.Option(
+        help="Train on the tiles this many times coarser than stored (2: half size), so a "
+        "crop holds a whole glomerulus; predict resamples its inputs the same way (real "
+        "recipe: 2).", rich_help_panel=_DATA)] = None,
     val_fraction: Annotated[float | None, typer.Option(
         help="Seeded validation split per domain (0.2).", rich_help_panel=_DATA)] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
@@ -178,7 +182,8 @@ def train(
         "freeze_encoder_epochs": freeze_encoder_epochs,
         "augment_profile": augment_profile, "foreground_share": foreground_share,
         "select_smoothing": select_smoothing, "bn_recalibration": bn_recalibration,
-        "image_size": image_size, "mpp": mpp, "val_fraction": val_fraction, "seed": seed,
+        "image_size": image_size, "mpp": mpp, "downsample": downsample,
+        "val_fraction": val_fraction, "seed": seed,
         "device": device, "amp": amp, "workers": workers, "sync_bn": sync_bn,
         "select": select,
         "augment": augment, "stain_jitter": stain_jitter,

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from .folders import Sample
 from .io import read_image, read_mask
+from .resample import check_downsample, downsample_image, downsample_mask
 from .sampling import crop_origin, glomerulus_centres
 
 __all__ = ["CropDataset", "pad_to"]
@@ -34,6 +35,8 @@ class CropDataset(Dataset):
     the crop are reflect-padded. ``foreground_share`` of the crops (in expectation) are
     centred on a glomerulus of their image, jittered (:func:`.sampling.crop_origin`);
     the rest, and every crop of an image without glomeruli, are placed uniformly.
+    ``downsample`` > 1 crops the images (and masks) that many times coarser than stored
+    (:mod:`.resample`).
 
     Every image an item can reach (the first ``min(length, len(samples))``) is decoded
     once, here, in the process that builds the dataset, and kept in memory: DataLoader
@@ -56,6 +59,7 @@ class CropDataset(Dataset):
         with_masks: bool = True,
         mask_threshold: float | None = None,
         foreground_share: float = 0.0,
+        downsample: float = 1.0,
     ) -> None:
         if not samples:
             raise ValueError("CropDataset needs at least one sample")
@@ -70,6 +74,7 @@ class CropDataset(Dataset):
         self.seed = int(seed)
         self.with_masks = with_masks
         self.mask_threshold = mask_threshold
+        self.downsample = check_downsample(downsample)
         if not 0.0 <= foreground_share <= 1.0:
             raise ValueError(f"foreground_share must be in [0, 1], got {foreground_share}")
         self.foreground_share = float(foreground_share) if with_masks else 0.0
@@ -88,10 +93,11 @@ class CropDataset(Dataset):
 
     def _decode(self, s: Sample) -> tuple[np.ndarray, np.ndarray | None]:
         """``(image (H, W, 3) uint8, mask (H, W) or None)``, padded up to the crop size."""
-        img = pad_to(read_image(s.image), self.crop_size)
+        img = pad_to(downsample_image(read_image(s.image), self.downsample), self.crop_size)
         mask = None
         if self.with_masks:
-            mask = pad_to(read_mask(s.mask, threshold=self.mask_threshold), self.crop_size)
+            full = read_mask(s.mask, threshold=self.mask_threshold)
+            mask = pad_to(downsample_mask(full, self.downsample), self.crop_size)
         return img, mask
 
     def __getitem__(self, i: int) -> dict:

@@ -160,6 +160,9 @@ def build_networks(cfg: TrainConfig, device: torch.device, world: int,
     # a resumed run's state.pt holds G: its starting weights are not read again
     model = SegmentationNet(backbone=cfg.backbone, pretrained=cfg.pretrained, norm=cfg.norm,
                             load_weights=not resuming)
+    # the scale every whole-image prediction resamples to (data/resample.py); copies of
+    # G (its moving average, adapted copies) carry it along
+    model.downsample = cfg.downsample
     if cfg.init and not resuming:
         init_from_run(model, cfg.init, cfg.backbone)
     discs = [create("discriminators", spec, model.feature_table) for spec in cfg.discs]

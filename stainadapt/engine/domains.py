@@ -155,7 +155,8 @@ class EpochBatches:
             ds = CropDataset(samples, cfg.image_size,
                              length=self.steps * cfg.batch_size * self.world,
                              seed=cfg.seed * 10 + stream, with_masks=with_masks,
-                             foreground_share=cfg.foreground_share)
+                             foreground_share=cfg.foreground_share,
+                             downsample=cfg.downsample)
             self._datasets[key] = ds
         ds.set_epoch(epoch)
         pin = self.device.type == "cuda"

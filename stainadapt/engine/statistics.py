@@ -43,7 +43,8 @@ def recalibrate(t: Any) -> None:
     if ds is None:
         ds = CropDataset(t.domains.src_train, cfg.image_size,
                          length=cfg.bn_recalibration * cfg.batch_size,
-                         seed=cfg.seed * 10 + 7, with_masks=False)
+                         seed=cfg.seed * 10 + 7, with_masks=False,
+                         downsample=cfg.downsample)
         t._recalibration_crops = ds
 
     def batches():

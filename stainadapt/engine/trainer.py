@@ -225,7 +225,9 @@ class Trainer:
         return {
             "backbone": self.cfg.backbone,
             "image_size": self.cfg.image_size,
-            "mpp": self.cfg.mpp,
+            # the resolution G works at: the tiles' own, times downsample
+            "mpp": self.cfg.mpp * self.cfg.downsample if self.cfg.mpp else self.cfg.mpp,
+            "downsample": self.cfg.downsample,
             "threshold": self.cfg.threshold,
             "normalizer": norm,
             "mode": self.cfg.mode,

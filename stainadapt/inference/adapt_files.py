@@ -45,7 +45,7 @@ from .adapt import (
     sample_windows,
     save_adapted_state,
 )
-from .predictor import SlidingWindowPredictor
+from .predictor import SlidingWindowPredictor, model_downsample
 
 __all__ = ["CALL_STATS", "MANIFEST", "PredictAdaptation", "describe_manifest", "file_stats",
            "read_predict_manifest", "write_predict_manifest"]
@@ -182,7 +182,8 @@ class PredictAdaptation:
         p = self.predictor
         windows, notes = sample_windows(paths, p.tile, self.settings.windows,
                                         self.settings.seed, self.min_tissue,
-                                        self.stream_min_pixels, *self.mpp)
+                                        self.stream_min_pixels, *self.mpp,
+                                        model_downsample=model_downsample(p.model))
         self.notes.extend(notes)
         if len(windows) == 0:
             names = paths[0].name if len(paths) == 1 else "the inputs"

@@ -46,17 +46,19 @@ class _Source:
 
     judged = False
 
-    def __init__(self, path: Path, tile: int) -> None:
+    def __init__(self, path: Path, tile: int, downsample: float = 1.0) -> None:
         from ..data.io import image_shape
+        from ..data.resample import scaled_shape
 
-        self.path, self.tile = path, tile
-        self.shape = image_shape(path)
+        self.path, self.tile, self.downsample = path, tile, downsample
+        self.shape = scaled_shape(image_shape(path), downsample)  # as the model sees it
         self.positions = _candidates(self.shape, tile)
 
     def read(self, positions: list[tuple[int, int]]) -> list[np.ndarray]:
         from ..data.io import read_image
+        from ..data.resample import downsample_image
 
-        image, t = read_image(self.path), self.tile
+        image, t = downsample_image(read_image(self.path), self.downsample), self.tile
         return [_pad(image[y:y + t, x:x + t], t) for y, x in positions]
 
 
@@ -71,12 +73,15 @@ class _SlideSource(_Source):
     """
 
     def __init__(self, path: Path, tile: int, min_tissue: float,
-                 model_mpp: float | None, fallback_mpp: float | None) -> None:
+                 model_mpp: float | None, fallback_mpp: float | None,
+                 model_downsample: float = 1.0) -> None:
         from .slides import plan_slide
 
         self.path, self.tile = path, tile
         self._mpp = (model_mpp, fallback_mpp)
-        plan = plan_slide(path, model_mpp, fallback_mpp, tissue=min_tissue > 0)
+        self._downsample = model_downsample
+        plan = plan_slide(path, model_mpp, fallback_mpp, tissue=min_tissue > 0,
+                          model_downsample=model_downsample)
         try:
             self.shape = plan.reader.shape
             self.positions = _candidates(self.shape, tile)
@@ -91,7 +96,8 @@ class _SlideSource(_Source):
     def read(self, positions: list[tuple[int, int]]) -> list[np.ndarray]:
         from .slides import plan_slide
 
-        plan = plan_slide(self.path, *self._mpp, tissue=False)
+        plan = plan_slide(self.path, *self._mpp, tissue=False,
+                          model_downsample=self._downsample)
         try:
             (h, w), t = self.shape, self.tile
             return [_pad(plan.view.read_box(x, y, min(t, w - x), min(t, h - y)), t)
@@ -101,7 +107,8 @@ class _SlideSource(_Source):
 
 
 def _open_source(path: Path, tile: int, min_tissue: float, stream_min_pixels: int,
-                 model_mpp: float | None, fallback_mpp: float | None) -> _Source:
+                 model_mpp: float | None, fallback_mpp: float | None,
+                 model_downsample: float = 1.0) -> _Source:
     """The source of ``path``: streamed as :func:`.paths.predict_paths` streams it (a
     scanner slide, or a TIFF of at least ``stream_min_pixels``), else read whole."""
     from ..data.io import TIFF_EXTS, image_shape
@@ -113,8 +120,8 @@ def _open_source(path: Path, tile: int, min_tissue: float, stream_min_pixels: in
         h, w = image_shape(path)
         streamed = h * w >= stream_min_pixels
     if streamed:
-        return _SlideSource(path, tile, min_tissue, model_mpp, fallback_mpp)
-    return _Source(path, tile)
+        return _SlideSource(path, tile, min_tissue, model_mpp, fallback_mpp, model_downsample)
+    return _Source(path, tile, model_downsample)
 
 
 def sample_windows(
@@ -126,6 +133,7 @@ def sample_windows(
     stream_min_pixels: int = 4096 * 4096,
     model_mpp: float | None = None,
     fallback_mpp: float | None = None,
+    model_downsample: float = 1.0,
 ) -> tuple[np.ndarray, list[str]]:
     """A seeded sample of up to ``count`` tissue windows ``(N, tile, tile, 3) uint8``.
 
@@ -135,8 +143,10 @@ def sample_windows(
     is passed over. Slides and TIFFs of at least ``stream_min_pixels`` are read as
     prediction reads them: at ``model_mpp`` (the model's resolution; ``fallback_mpp``
     for a slide that records none), with the slide's tissue map deciding what is glass
-    (:class:`_SlideSource`). Candidates are read in rounds, each file opened once per
-    round. A file that cannot be read is left out (its prediction reports why).
+    (:class:`_SlideSource`); every input is resampled ``model_downsample`` times
+    coarser where no resolution says otherwise, as the model was trained. Candidates
+    are read in rounds, each file opened once per round. A file that cannot be read is
+    left out (its prediction reports why).
     Returns the windows and notes (files left out; fewer windows than asked).
     """
     notes: list[str] = []
@@ -144,7 +154,7 @@ def sample_windows(
     for p in map(Path, paths):
         try:
             sources.append(_open_source(p, tile, min_tissue, stream_min_pixels, model_mpp,
-                                        fallback_mpp))
+                                        fallback_mpp, model_downsample))
         except Exception as exc:  # reported again by the prediction of that file
             notes.append(f"{p.name}: left out of the adaptation sample ({exc})".splitlines()[0])
     sizes = np.array([len(src.positions) for src in sources], dtype=np.int64)

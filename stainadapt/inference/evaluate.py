@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.resample import downsample_image, scaled_shape
 from ..metrics import segmentation_metrics
 from .adapt import AdaptSettings, adapt_model
-from .predictor import SlidingWindowPredictor
+from .predictor import SlidingWindowPredictor, model_downsample
 
 __all__ = ["adapted_copy", "evaluate_model", "load_domain_images", "predict_probs"]
 
@@ -44,9 +45,11 @@ def load_domain_images(samples: list[Any], with_masks: bool) -> list[tuple[str, 
 
 
 def _whole_window(model: torch.nn.Module, image: np.ndarray) -> int:
-    """The side of the square window a whole image is evaluated in (stride multiple)."""
+    """The side of the square window a whole image is evaluated in (stride multiple),
+    at the model's scale (``model.downsample``)."""
     stride = int(getattr(model, "max_stride", 32) or 1)
-    return -(-max(int(image.shape[0]), int(image.shape[1])) // stride) * stride
+    h, w = scaled_shape(image.shape[:2], model_downsample(model))
+    return -(-max(h, w) // stride) * stride
 
 
 def adapted_copy(
@@ -75,8 +78,8 @@ def adapted_copy(
         chosen = sorted(rng.choice(len(images), settings.windows, replace=False).tolist())
     windows = []
     for i in chosen:
-        image = images[i]
-        tile = _whole_window(model, image)
+        image = downsample_image(images[i], model_downsample(model))
+        tile = _whole_window(model, images[i])
         h, w = image.shape[:2]
         padded = np.pad(image, ((0, tile - h), (0, tile - w), (0, 0)), mode="symmetric")
         windows.append(torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1))

@@ -31,7 +31,7 @@ from ..errors import InputError, RunFailure
 from ..runs import load_model, normalizer_from_meta
 from .adapt import AdaptSettings
 from .adapt_files import PredictAdaptation, write_predict_manifest
-from .predictor import SlidingWindowPredictor
+from .predictor import SlidingWindowPredictor, model_downsample
 from .sharding import BandShards, file_owner
 from .slides import SlidePrediction, plan_slide, predict_slide
 
@@ -363,7 +363,8 @@ def _predict_slide_file(
     """
     plan, error = None, None
     try:
-        plan = plan_slide(path, model_mpp, fallback_mpp)
+        plan = plan_slide(path, model_mpp, fallback_mpp,
+                          model_downsample=model_downsample(predictor.model))
     except Exception as exc:
         error = exc
     if shard is not None:
@@ -394,7 +395,8 @@ def _serve_slide(predictor: SlidingWindowPredictor, path: Path, model_mpp: float
     if shape is None:
         return  # it did not open on rank 0, which reports it
     try:
-        plan = plan_slide(path, model_mpp, fallback_mpp)
+        plan = plan_slide(path, model_mpp, fallback_mpp,
+                          model_downsample=model_downsample(predictor.model))
     except Exception:
         with contextlib.suppress(RuntimeError):  # answer every group "failed"
             predictor.serve_rows(None, shape, shard)

@@ -98,8 +98,14 @@ def plan_slide(
     model_mpp: float | None = None,
     fallback_mpp: float | None = None,
     tissue: bool = True,
+    *,
+    model_downsample: float = 1.0,
 ) -> SlidePlan:
     """Open ``path`` and decide the level, scale and tissue windows (module docstring).
+
+    ``model_downsample`` (``model.downsample``): where the model or the slide records no
+    resolution, the slide is read that many times coarser than level 0, as the model's
+    training tiles were.
 
     Raises :class:`~stainadapt.errors.InputError` for a slide that cannot be read.
     """
@@ -107,15 +113,18 @@ def plan_slide(
     slide = open_slide(path, fallback_mpp=fallback_mpp)
     try:
         notes: list[str] = []
-        downsample = 1.0
+        downsample = float(model_downsample)
         if model_mpp is not None:
             if slide.mpp is None:
+                where = "level 0" if downsample == 1.0 else f"{downsample:g}x level 0"
                 notes.append(
-                    f"{path.name}: no resolution in the file and no --mpp; read at level 0, "
+                    f"{path.name}: no resolution in the file and no --mpp; read at {where}, "
                     f"not at the model's {model_mpp:g} um/px"
                 )
             elif abs(model_mpp / slide.mpp - 1.0) > _SAME_MPP:
                 downsample = float(model_mpp) / slide.mpp
+            else:
+                downsample = 1.0
         view = slide.view(downsample)
         tmap, thumb = None, None
         if tissue:

@@ -130,6 +130,24 @@ def test_model_without_mpp_reads_level_0(tmp_path, slide_image, stand_in):
     assert not any(mask[_disc(h, w, cy, cx, 4)].any() for cy, cx in REAL)
 
 
+def test_model_trained_coarser_reads_the_slide_coarser(tmp_path, slide_image, monkeypatch):
+    """No resolution on the model's side: ``model.downsample`` decides the scale, so the
+    real blobs (radius 32) are seen at the stand-in's size and the decoys are not."""
+    net = BlobSizeNet()
+    net.downsample = 2.0
+    monkeypatch.setattr("stainadapt.inference.paths.load_model",
+                        lambda model, device="cpu": (net, {"image_size": 128, "mpp": None}))
+    path = write_svs(tmp_path / "s.svs", slide_image, mpp=0.5, power=20, factors=(2, 4))
+    report = _predict([path], tmp_path / "out")
+    (_, info), = report.slides
+    assert info.downsample == pytest.approx(2.0) and info.level == 1
+    mask = tifffile.imread(tmp_path / "out" / "s.tif", level=0) > 0
+    assert mask.shape == slide_image.shape[:2]
+    h, w = mask.shape
+    assert all(mask[_disc(h, w, cy, cx, REAL_R - 4)].mean() > 0.9 for cy, cx in REAL)
+    assert not any((mask & _disc(h, w, cy, cx, DECOY_R + 4)).any() for cy, cx in DECOYS)
+
+
 def test_slide_without_mpp_warns_once_and_uses_the_flag(tmp_path, slide_image, stand_in):
     path = write_svs(tmp_path / "s.svs", slide_image, mpp=None, power=None)
     report = _predict([path], tmp_path / "a")

@@ -115,7 +115,8 @@ def _crops(t: Any, samples: list[Any], n: int, with_masks: bool
 
     ds = CropDataset(samples, t.cfg.image_size, length=n,
                      seed=epoch_seed(t.cfg.seed, 0, _STREAM), with_masks=with_masks,
-                     foreground_share=t.cfg.foreground_share)
+                     foreground_share=t.cfg.foreground_share,
+                     downsample=t.cfg.downsample)
     from torch.utils.data import default_collate
 
     return prepare_batch(default_collate([ds[i] for i in range(n)]), t.device, t.normalizer,
