@@ -161,7 +161,7 @@ def _train_recipe(recipe: str, train_dir: Path, run_dir: Path, budget: Budget, s
     ``fields`` replace the source-only schedule (an adaptation run from ``init``).
     """
     from stainadapt.engine.trainer import resume, train
-    from stainadapt.recipes import training_config
+    from stainadapt.recipes import training_config, training_fields
     from stainadapt.runs import load_model
 
     if (run_dir / "state.pt").is_file():  # interrupted: continue it
@@ -178,6 +178,11 @@ def _train_recipe(recipe: str, train_dir: Path, run_dir: Path, budget: Budget, s
                      pretrained=pretrained)
         flags.update(overrides)
         flags.update(fields)
+        # the budget's image_size is the side a crop covers on the stored tiles: a recipe
+        # that trains on coarser tiles crops image_size / downsample pixels of them
+        down = float(flags.get("downsample") or training_fields(recipe).get("downsample", 1))
+        if "image_size" not in overrides and "image_size" not in fields:
+            flags["image_size"] = max(32, round(budget.image_size / down / 32) * 32)
         train(training_config(recipe, None, flags))
         (run_dir / "state.pt").unlink(missing_ok=True)  # finished: the model is what counts
     return load_model(run_dir, device)[0]

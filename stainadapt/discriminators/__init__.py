@@ -1,6 +1,6 @@
-"""Discriminators: domain classifiers on G's feature maps, and the shape discriminator.
+"""Discriminators: domain classifiers on G's feature maps or output, and the shape one.
 
-Each built-in is a plugin (``single``, ``concat``, ``mirrored``, ``shape``) created with
+Each built-in is a plugin (``single``, ``concat``, ``mirrored``, ``shape``, ``entropy``) created with
 ``stainadapt.create("discriminators", spec, feature_table)``; see ``base.Discriminator``.
 """
 
