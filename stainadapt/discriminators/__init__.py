@@ -1,7 +1,8 @@
 """Discriminators: domain classifiers on G's feature maps or output, and the shape one.
 
-Each built-in is a plugin (``single``, ``concat``, ``mirrored``, ``shape``, ``entropy``) created with
-``stainadapt.create("discriminators", spec, feature_table)``; see ``base.Discriminator``.
+Each built-in is a plugin (``single``, ``concat``, ``mirrored``, ``shape``, ``entropy``)
+created with ``stainadapt.create("discriminators", spec, feature_table)``; see
+``base.Discriminator``.
 """
 
 from __future__ import annotations
