@@ -46,10 +46,11 @@ def load_domain_images(samples: list[Any], with_masks: bool) -> list[tuple[str, 
 
 def _whole_window(model: torch.nn.Module, image: np.ndarray) -> int:
     """The side of the square window a whole image is evaluated in (stride multiple),
-    at the model's scale (``model.downsample``)."""
+    at the model's scale (``model.downsample``), at least two strides: G's deepest map
+    is then 2 x 2 or more (instance normalisation needs more than one value)."""
     stride = int(getattr(model, "max_stride", 32) or 1)
     h, w = scaled_shape(image.shape[:2], model_downsample(model))
-    return -(-max(h, w) // stride) * stride
+    return max(2 * stride, -(-max(h, w) // stride) * stride)
 
 
 def adapted_copy(

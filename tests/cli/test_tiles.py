@@ -268,7 +268,8 @@ def test_train_takes_the_tiles_resolution(slides, tmp_path):
             "--adv-epochs", "0", "--samples", "0", "--device", "cpu", "--source", str(src)]
     res = CliRunner().invoke(app, [*base, "--target", str(tgt), "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "r" / "model.json").read_text())["mpp"] == 0.5
+    meta = json.loads((tmp_path / "r" / "model.json").read_text())
+    assert meta["mpp"] == 0.5 * meta["downsample"]  # the resolution G works at
     # Two resolutions, or an --mpp the tiles contradict: one line, exit 2, nothing written.
     for extra, needle in (
         (["--target", str(other)], f"{other / 'tiles.json'}: target tiles at 1 um/px"),
