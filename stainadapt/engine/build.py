@@ -105,7 +105,8 @@ def unique_names(specs: list[str]) -> list[str]:
     return names
 
 
-def init_from_run(model: torch.nn.Module, run: str, backbone: str) -> None:
+def init_from_run(model: torch.nn.Module, run: str, backbone: str,
+                  downsample: float = 1.0) -> None:
     """Load G's starting weights from a run folder (``--init``), refusing a mismatch.
 
     The paper's schedule trains G on the source before any discriminator; a finished
@@ -118,6 +119,10 @@ def init_from_run(model: torch.nn.Module, run: str, backbone: str) -> None:
     if meta["backbone"] != backbone:
         raise InputError(f"{run}: --init has backbone {meta['backbone']!r}, this run "
                          f"{backbone!r}; give --backbone {meta['backbone']}")
+    scale = float(meta.get("downsample") or 1.0)  # G learned its task at this scale
+    if scale != float(downsample):
+        raise InputError(f"{run}: --init was trained on tiles at downsample {scale:g}, this "
+                         f"run at {float(downsample):g}; give --downsample {scale:g}")
     try:  # straight into this run's network: no second network is built
         model.load_state_dict(read_weights(run), strict=True)
     except RuntimeError:
@@ -164,7 +169,7 @@ def build_networks(cfg: TrainConfig, device: torch.device, world: int,
     # G (its moving average, adapted copies) carry it along
     model.downsample = cfg.downsample
     if cfg.init and not resuming:
-        init_from_run(model, cfg.init, cfg.backbone)
+        init_from_run(model, cfg.init, cfg.backbone, cfg.downsample)
     discs = [create("discriminators", spec, model.feature_table) for spec in cfg.discs]
     normalizer = None
     if cfg.normalize:

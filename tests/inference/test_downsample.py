@@ -160,3 +160,8 @@ def test_training_records_the_scale_and_predict_reads_it(tmp_path, domains):
     assert model.downsample == 2.0
     with pytest.raises(InputError, match="downsample"):
         TrainConfig(source=str(s), mode="source-only", downsample=0.5).validate()
+    # adapting a G at another scale than it learned at is refused, naming the flag
+    again = TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "again"), "downsample": 1.0,
+                           "init": str(tmp_path / "run"), "mpp": None})
+    with pytest.raises(InputError, match="give --downsample 2"):
+        train(again)
