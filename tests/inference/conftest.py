@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -47,3 +48,35 @@ def blob_image(h: int, w: int, seed: int = 0, n: int = 12, glass: bool = False) 
 @pytest.fixture
 def blob_net() -> DarkBlobNet:
     return DarkBlobNet().eval()
+
+
+class DiscSizeNet(nn.Module):
+    """Foreground = dark discs of one range of radii, exactly: a stand-in for a model that
+    knows the size of a glomerulus, so tests can tell at which scale it was fed.
+
+    A grey opening with a square of half-side ``small`` keeps discs of radius above about
+    ``small * 1.4``; one with ``large`` (dilated by ``guard``, to cover the rim it leaves)
+    marks the discs that are too large; a dark pixel within ``grow`` of a kept, unmarked
+    disc is foreground.
+    """
+
+    max_stride = 32
+
+    def __init__(self, small: int, large: int, guard: int, grow: int) -> None:
+        super().__init__()
+        self.small, self.large, self.guard, self.grow = small, large, guard, grow
+
+    @staticmethod
+    def _dilate(m: torch.Tensor, k: int) -> torch.Tensor:
+        """Grey dilation by a (2k+1)^2 square, as two 1-D passes (a square is separable)."""
+        m = F.max_pool2d(m, (1, 2 * k + 1), 1, (0, k))
+        return F.max_pool2d(m, (2 * k + 1, 1), 1, (k, 0))
+
+    def _open(self, m: torch.Tensor, k: int) -> torch.Tensor:
+        return self._dilate(-self._dilate(-m, k), k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dark = (x.mean(1, keepdim=True) < 0.5).float()
+        too_large = self._dilate(self._open(dark, self.large), self.guard)
+        keep = self._open(dark, self.small) * (1 - too_large)
+        return (dark * self._dilate(keep, self.grow) * 2 - 1) * 10.0

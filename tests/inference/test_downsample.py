@@ -8,9 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import DiscSizeNet
 from PIL import Image
-from torch import nn
 
 from stainadapt.config import TrainConfig
 from stainadapt.data.dataset import CropDataset
@@ -36,25 +35,10 @@ def _disc(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
     return (yy - cy + 0.5) ** 2 + (xx - cx + 0.5) ** 2 <= r * r
 
 
-class DiscSizeNet(nn.Module):
-    """Foreground = dark discs of radius about 9-14 px (a grey opening keeps radius >= 7,
-    a larger one removes radius >= 16): it finds BIG discs only at half scale, SMALL ones
-    only at full scale."""
-
-    max_stride = 32
-
-    @staticmethod
-    def _dilate(m: torch.Tensor, k: int) -> torch.Tensor:
-        m = F.max_pool2d(m, (1, 2 * k + 1), 1, (0, k))
-        return F.max_pool2d(m, (2 * k + 1, 1), 1, (k, 0))
-
-    def _open(self, m: torch.Tensor, k: int) -> torch.Tensor:
-        return self._dilate(-self._dilate(-m, k), k)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dark = (x.mean(1, keepdim=True) < 0.5).float()
-        keep = self._open(dark, 5) * (1 - self._dilate(self._open(dark, 11), 8))
-        return (dark * self._dilate(keep, 3) * 2 - 1) * 10.0
+def _stand_in() -> DiscSizeNet:
+    """Finds discs of radius about 9-14 px: BIG ones only at half scale, SMALL ones only
+    at full scale."""
+    return DiscSizeNet(small=5, large=11, guard=8, grow=3)
 
 
 BIG_AT = [(70, 80), (200, 260)]
@@ -116,7 +100,7 @@ def test_crops_come_from_the_downsampled_tile(tmp_path):
 
 @pytest.mark.parametrize("downsample, big, small", [(1.0, False, True), (2.0, True, False)])
 def test_whole_image_prediction_at_the_model_scale(downsample, big, small):
-    net = DiscSizeNet()
+    net = _stand_in()
     net.downsample = downsample
     prob = predict_probs(net, _image(), torch.device("cpu")).numpy()
     assert prob.shape == (300, 340)  # always the input's own size
@@ -125,7 +109,7 @@ def test_whole_image_prediction_at_the_model_scale(downsample, big, small):
 
 
 def test_predict_writes_full_size_masks_of_a_downsampled_model(tmp_path, monkeypatch):
-    net = DiscSizeNet()
+    net = _stand_in()
     net.downsample = 2.0
     monkeypatch.setattr("stainadapt.inference.paths.load_model",
                         lambda model, device="cpu": (net, {"image_size": 64, "mpp": None}))

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-import torch
-import torch.nn.functional as F
-from torch import nn
+from conftest import DiscSizeNet
 
 from stainadapt.data.slides import open_slide
 from stainadapt.inference import predict_paths
@@ -22,33 +20,9 @@ REAL = [(300, 330), (620, 400), (350, 760), (700, 900)]  # (y, x) centres
 DECOYS = [(300, 560), (560, 640), (760, 620)]
 
 
-class BlobSizeNet(nn.Module):
-    """Answers only to dark discs of radius 16-20 px (its "training" size), exactly.
-
-    A grey opening with a square of half-side ``small`` keeps discs of radius at least
-    ~11; one with ``large`` (dilated, to cover the rim it leaves) marks discs of radius
-    over ~21; a dark pixel near a kept, unmarked disc is foreground.
-    """
-
-    max_stride = 32
-
-    def __init__(self, small: int = 8, large: int = 14) -> None:
-        super().__init__()
-        self.small, self.large = small, large
-
-    @staticmethod
-    def _dilate(m: torch.Tensor, k: int) -> torch.Tensor:
-        """Grey dilation by a (2k+1)^2 square, as two 1-D passes (a square is separable)."""
-        m = F.max_pool2d(m, (1, 2 * k + 1), 1, (0, k))
-        return F.max_pool2d(m, (2 * k + 1, 1), 1, (k, 0))
-
-    def _open(self, m: torch.Tensor, k: int) -> torch.Tensor:
-        return self._dilate(-self._dilate(-m, k), k)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dark = (x.mean(1, keepdim=True) < 0.5).float()
-        keep = self._open(dark, self.small) * (1 - self._dilate(self._open(dark, self.large), 10))
-        return (dark * self._dilate(keep, 4) * 2 - 1) * 10.0
+def BlobSizeNet() -> DiscSizeNet:  # noqa: N802 - stands for a model class
+    """Answers only to dark discs of radius 16-20 px (its "training" size), exactly."""
+    return DiscSizeNet(small=8, large=14, guard=10, grow=4)
 
 
 def _disc(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
