@@ -66,6 +66,8 @@ class Budget:
 
     name: str
     backbone: str = "resnet18"
+    # the side a crop covers on the stored tiles: the recipe rows crop
+    # image_size / downsample pixels of tiles seen that many times coarser
     image_size: int = 256
     batch_size: int = 4
     steps: int = 600
