@@ -166,8 +166,8 @@ TRAINING: dict[str, dict[str, Any]] = {
         # one biopsy's tiles do not fit another's (docs/experiments.md)
         "norm": "instance",
         # tiles seen at half size in 128 px crops: a crop holds a whole glomerulus of a
-        # ~1 um/px tile with its surroundings (0.543 against 0.466 Dice over 4 folds of
-        # real PAS tiles, at a fifth of the cost; benchmarks/RESULTS.md)
+        # ~1 um/px tile with its surroundings (0.530 over 2 seeds against 0.466 Dice over
+        # 4 folds of real PAS tiles, at a fifth of the cost; benchmarks/RESULTS.md)
         "downsample": 2.0,
         "image_size": 128,
     },
