@@ -229,8 +229,12 @@ class TrainConfig:
             raise InputError(f"image_size {self.image_size} must be a positive multiple of 32")
         if self.mpp is not None and not (math.isfinite(self.mpp) and self.mpp > 0):
             raise InputError(f"mpp must be a positive number of microns per pixel, got {self.mpp}")
-        if not (math.isfinite(self.downsample) and self.downsample >= 1):
-            raise InputError(f"downsample must be a number >= 1, got {self.downsample}")
+        from .data.resample import check_downsample
+
+        try:
+            check_downsample(self.downsample)
+        except (TypeError, ValueError) as exc:
+            raise InputError(str(exc)) from None
         for name in ("pretrain_epochs", "disc_epochs", "adv_epochs", "steps_per_epoch",
                      "workers", "samples", "self_train_rounds", "self_train_epochs", "steps",
                      "warmup_steps", "bn_recalibration"):

@@ -65,6 +65,7 @@ import torch
 from torch import nn
 
 from .errors import InputError, RunFailure
+from .runs import meta_downsample
 
 __all__ = ["FORMATS", "ExportReport", "ExportedSegmenter", "check_batch", "export_model"]
 
@@ -185,7 +186,7 @@ def _contract(meta: dict[str, Any], fmt: str, baked_in: bool) -> dict[str, Any]:
         "image_size": meta.get("image_size"),
         # the graph sees images this many times coarser than the training tiles: resample
         # inputs down by it first (box filter) and the probabilities back up
-        "downsample": float(meta.get("downsample") or 1.0),
+        "downsample": meta_downsample(meta),
         "mpp": meta.get("mpp"),
         "backbone": meta.get("backbone"),
         # applied inside the graph, after x / 255: the encoder's pretrained mean/std

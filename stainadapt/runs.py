@@ -32,6 +32,7 @@ __all__ = [
     "require_finite",
     "MODEL_META",
     "meta_defaults",
+    "meta_downsample",
     "save_model",
     "load_model",
     "read_meta",
@@ -135,13 +136,14 @@ def meta_defaults(model: Any) -> dict[str, Any]:
     ``backbone`` and ``decoder_channels`` come from the model's own attributes and
     ``stainadapt_version`` from the installed package.
     """
+    from .data.resample import model_downsample
     from .version import __version__
 
     return {
         "backbone": getattr(model, "backbone_name", None),
         "image_size": None,
         "mpp": None,
-        "downsample": float(getattr(model, "downsample", 1.0) or 1.0),
+        "downsample": model_downsample(model),
         "threshold": 0.5,
         "decoder_channels": list(getattr(model, "decoder_channels", ()) or ()) or None,
         "norm": getattr(model, "norm", "batch"),
@@ -222,6 +224,12 @@ def read_weights(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise InputError(f"{weights}: unreadable safetensors file ({exc})") from None
 
 
+def meta_downsample(meta: dict[str, Any]) -> float:
+    """How many times coarser than its training tiles a model sees them (``model.json``'s
+    ``downsample``; 1 for runs that predate the key)."""
+    return float(meta.get("downsample") or 1.0)
+
+
 def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
     """Rebuild the network of a run folder: ``(SegmentationNet in eval mode, meta)``.
 
@@ -273,7 +281,7 @@ def load_model(run_dir: str | os.PathLike[str], device: Any = "cpu") -> tuple[An
             f"({first[1].strip() if len(first) > 1 else first[0]})"
         ) from None
     model.to(torch.device(device)).eval()
-    model.downsample = float(meta.get("downsample") or 1.0)  # runs before it: 1
+    model.downsample = meta_downsample(meta)
     if (run / TARGET_STATS).is_file():  # train --target-statistics: predict --adapt target
         from .inference.adapt import read_adapted_state
 

@@ -17,8 +17,8 @@ import math
 import numpy as np
 from PIL import Image
 
-__all__ = ["check_downsample", "scaled_shape", "downsample_image", "downsample_mask",
-           "upsample_probs"]
+__all__ = ["check_downsample", "model_downsample", "scaled_shape", "downsample_image",
+           "downsample_mask", "upsample_probs"]
 
 
 def check_downsample(value: float) -> float:
@@ -27,6 +27,15 @@ def check_downsample(value: float) -> float:
     if not math.isfinite(d) or d < 1.0:
         raise ValueError(f"downsample must be a number >= 1, got {value!r}")
     return d
+
+
+def model_downsample(model: object) -> float:
+    """How many times coarser than its input ``model`` wants an image (1: as is).
+
+    ``load_model`` and the trainer set ``model.downsample`` (``TrainConfig.downsample``);
+    any other module is taken at its input's resolution.
+    """
+    return float(getattr(model, "downsample", 1.0) or 1.0)
 
 
 def scaled_shape(shape: tuple[int, int], downsample: float) -> tuple[int, int]:

@@ -113,13 +113,13 @@ def init_from_run(model: torch.nn.Module, run: str, backbone: str,
     source-only run *is* that G, so adapting it skips the pretraining (the demo and the
     paper table share one source-only G between methods).
     """
-    from ..runs import read_meta, read_weights
+    from ..runs import meta_downsample, read_meta, read_weights
 
     meta = read_meta(run)
     if meta["backbone"] != backbone:
         raise InputError(f"{run}: --init has backbone {meta['backbone']!r}, this run "
                          f"{backbone!r}; give --backbone {meta['backbone']}")
-    scale = float(meta.get("downsample") or 1.0)  # G learned its task at this scale
+    scale = meta_downsample(meta)  # G learned its task at this scale
     if scale != float(downsample):
         raise InputError(f"{run}: --init was trained on tiles at downsample {scale:g}, this "
                          f"run at {float(downsample):g}; give --downsample {scale:g}")

@@ -35,6 +35,7 @@ import torch
 
 from .. import distributed
 from ..atomic import atomic_write_text
+from ..data.resample import model_downsample
 from .adapt import (
     AdaptSettings,
     adapt_model,
@@ -45,7 +46,7 @@ from .adapt import (
     sample_windows,
     save_adapted_state,
 )
-from .predictor import SlidingWindowPredictor, model_downsample
+from .predictor import SlidingWindowPredictor
 
 __all__ = ["CALL_STATS", "MANIFEST", "PredictAdaptation", "describe_manifest", "file_stats",
            "read_predict_manifest", "write_predict_manifest"]

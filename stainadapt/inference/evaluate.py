@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.resample import downsample_image, scaled_shape
+from ..data.resample import downsample_image, model_downsample, scaled_shape
 from ..metrics import segmentation_metrics
 from .adapt import AdaptSettings, adapt_model
-from .predictor import SlidingWindowPredictor, model_downsample
+from .predictor import SlidingWindowPredictor
 
 __all__ = ["adapted_copy", "evaluate_model", "load_domain_images", "predict_probs"]
 

@@ -25,13 +25,14 @@ import torch
 from .. import distributed
 from ..data.io import image_shape, read_image, write_image
 from ..data.overlay import draw_overlay
+from ..data.resample import model_downsample
 from ..data.slides import READABLE_EXTS, SLIDE_EXTS
 from ..device import resolve_device
 from ..errors import InputError, RunFailure
 from ..runs import load_model, normalizer_from_meta
 from .adapt import AdaptSettings
 from .adapt_files import PredictAdaptation, write_predict_manifest
-from .predictor import SlidingWindowPredictor, model_downsample
+from .predictor import SlidingWindowPredictor
 from .sharding import BandShards, file_owner
 from .slides import SlidePrediction, plan_slide, predict_slide
 

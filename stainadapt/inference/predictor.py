@@ -34,14 +34,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.resample import downsample_image, upsample_probs
+from ..data.resample import downsample_image, model_downsample, upsample_probs
 from ..device import resolve_amp, resolve_device
 from ..errors import InputError
 from .heap import release_free_memory
 from .sharding import BandShards
 from .windows import gaussian_weight, window_starts, window_tissue_map
 
-__all__ = ["ArrayRows", "SlidingWindowPredictor", "model_downsample", "sliding_window_predict"]
+__all__ = ["ArrayRows", "SlidingWindowPredictor", "sliding_window_predict"]
 
 
 class ArrayRows:
@@ -406,15 +406,6 @@ class SlidingWindowPredictor:
         for y, rows in self.predict_rows(reader, progress):
             out[y : y + rows.shape[0]] = rows
         return upsample_probs(out, image.shape[:2])
-
-
-def model_downsample(model: nn.Module) -> float:
-    """How many times coarser than its input ``model`` wants an image (1: as is).
-
-    ``load_model`` and the trainer set ``model.downsample`` (``TrainConfig.downsample``);
-    any other module is taken at its input's resolution.
-    """
-    return float(getattr(model, "downsample", 1.0) or 1.0)
 
 
 def sliding_window_predict(

@@ -113,18 +113,18 @@ def plan_slide(
     slide = open_slide(path, fallback_mpp=fallback_mpp)
     try:
         notes: list[str] = []
+        # both resolutions known: their ratio decides (1 when they match); otherwise the
+        # model's own factor, relative to level 0
         downsample = float(model_downsample)
-        if model_mpp is not None:
-            if slide.mpp is None:
-                where = "level 0" if downsample == 1.0 else f"{downsample:g}x level 0"
-                notes.append(
-                    f"{path.name}: no resolution in the file and no --mpp; read at {where}, "
-                    f"not at the model's {model_mpp:g} um/px"
-                )
-            elif abs(model_mpp / slide.mpp - 1.0) > _SAME_MPP:
-                downsample = float(model_mpp) / slide.mpp
-            else:
-                downsample = 1.0
+        if model_mpp is not None and slide.mpp is not None:
+            ratio = float(model_mpp) / slide.mpp
+            downsample = ratio if abs(ratio - 1.0) > _SAME_MPP else 1.0
+        elif model_mpp is not None:
+            where = "level 0" if downsample == 1.0 else f"{downsample:g}x level 0"
+            notes.append(
+                f"{path.name}: no resolution in the file and no --mpp; read at {where}, "
+                f"not at the model's {model_mpp:g} um/px"
+            )
         view = slide.view(downsample)
         tmap, thumb = None, None
         if tissue:
