@@ -144,6 +144,11 @@ class TrainConfig:
     # share of labelled crops centred on a glomerulus (data/sampling.py); 0: uniform
     foreground_share: float = 0.0
     stain_jitter: float = 0.0
+    # Fourier-domain amplitude swap (FDA, data/fourier.py): every source crop takes the
+    # low-frequency amplitude of a target crop (a centred band of half-side
+    # floor(fda_beta * crop) frequencies), so G trains on source tissue in the target's
+    # colours; needs a target domain (also in source-only); 0: off
+    fda_beta: float = 0.0
     # blur, noise and lower contrast per image (data/augment.py acquisition_jitter), so
     # the domains cannot be told apart by their scanner alone; with ``augment`` only.
     # Figures: benchmarks/RESULTS.md, "Acquisition jitter".
@@ -225,6 +230,15 @@ class TrainConfig:
             if self.norm != "batch":
                 raise InputError(f"target_statistics needs BatchNorm (--norm batch); norm "
                                  f"{self.norm!r} keeps no statistics")
+        from .data.fourier import check_beta
+
+        try:
+            check_beta(self.fda_beta)
+        except (TypeError, ValueError) as exc:
+            raise InputError(str(exc)) from None
+        if self.fda_beta > 0 and not self.target:
+            raise InputError("fda_beta needs a target domain whose colours the source "
+                             "crops take: give --target DIR")
         if self.image_size <= 0 or self.image_size % 32:
             raise InputError(f"image_size {self.image_size} must be a positive multiple of 32")
         if self.mpp is not None and not (math.isfinite(self.mpp) and self.mpp > 0):

@@ -148,6 +148,10 @@ def train(
         rich_help_panel=_DATA)] = None,
     stain_jitter: Annotated[float | None, typer.Option(
         help="Stain jitter strength in OD space (0: off).", rich_help_panel=_DATA)] = None,
+    fda_beta: Annotated[float | None, typer.Option(
+        help="Fourier amplitude swap: source crops take the target's low frequencies "
+        "(colour, stain density) in a band of this share of the crop (0: off; 0.01-0.09)."
+        " Needs --target, also in source-only.", rich_help_panel=_DATA)] = None,
     acquisition_jitter: Annotated[float | None, typer.Option(
         help="Blur, noise and contrast jitter strength (scanner variation; 0: off).",
         rich_help_panel=_DATA)] = None,
@@ -186,7 +190,7 @@ def train(
         "val_fraction": val_fraction, "seed": seed,
         "device": device, "amp": amp, "workers": workers, "sync_bn": sync_bn,
         "select": select,
-        "augment": augment, "stain_jitter": stain_jitter,
+        "augment": augment, "stain_jitter": stain_jitter, "fda_beta": fda_beta,
         "acquisition_jitter": acquisition_jitter, "normalize": normalize,
         "reference": reference, "threshold": threshold, "samples": samples,
     }

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
+from ..data.fourier import amplitude_swap
 from .domains import prepare_batch
 from .losses import generator_adv_term, seg_loss
 
@@ -91,6 +92,10 @@ def prepare_step(t: Any, phase: str, src: dict[str, Any], tgt: dict[str, Any] | 
     xt = yt = None
     if tgt is not None:
         xt, yt = prepare_batch(tgt, t.device, t.normalizer, t.augment)
+        if t.cfg.fda_beta > 0:  # source crops in the target's colours (data/fourier.py)
+            xs = amplitude_swap(xs, xt, t.cfg.fda_beta)
+            if t.device.type == "cuda":
+                xs = xs.contiguous(memory_format=torch.channels_last)
     tgt_labelled = t.domains.tgt_labelled
     t_labelled = tgt_labelled or phase == "self"  # masks or pseudo-labels
     use_t = xt is not None and (phase != "seg" or t_labelled)

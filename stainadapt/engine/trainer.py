@@ -321,7 +321,8 @@ class Trainer:
         tgt_it = None
         if phase == "self":
             tgt_it = self.batches(self.pseudo, True, epoch, 1, tag=self.pseudo_round)
-        elif dom.tgt_train and (phase != "seg" or dom.tgt_labelled):
+        elif dom.tgt_train and (phase != "seg" or dom.tgt_labelled or self.cfg.fda_beta > 0):
+            # (FDA: source-only steps read target crops too, for their colours)
             tgt_it = self.batches(dom.tgt_train, dom.tgt_labelled, epoch, 1)
         acc: dict[str, torch.Tensor] = {"skipped": torch.zeros((), device=self.device)}
         start = time.perf_counter()
