@@ -12,17 +12,18 @@ of optimiser steps trains
 Part (b), synthetic PASM -> real PAS without target labels: the first three quarters of
 the real tiles (by name) are the unlabelled target, the last quarter the test tiles. Per
 seed: ``source-only`` (the recipe on synthetic PASM tiles), ``macenko`` (that model on
-test tiles Macenko-normalised to a synthetic PASM tile), ``uda`` (mirrored + shape at
-the paper's weights, from the source model), ``uda-st`` (two rounds of self-training
-from the UDA model) and ``supervised`` (the recipe on the labelled target tiles: the
-upper bound). Figures are mean ± std over seeds. Two more rows evaluate, without any
-training, the models of three of them with test-time BatchNorm statistics (``predict
---adapt bn``, scope call: one set of statistics over the test tiles):
-``source-only+adabn``, ``uda+adabn`` and ``supervised+adabn`` (a BatchNorm upper bound
-is only an upper bound with statistics that fit the test tiles). BatchNorm recipes
-(``--set norm=batch``) add ``uda-dsbn`` (the UDA run with ``--target-statistics``: the
-target's BatchNorm statistics kept apart) and ``uda-dsbn+target`` (that model predicting
-with them, ``predict --adapt target``).
+test tiles Macenko-normalised to a synthetic PASM tile), ``fda`` (the source-only recipe
+with ``--fda-beta``: each synthetic crop takes the low-frequency amplitudes of an
+unlabelled real crop), ``uda`` (mirrored + shape at the paper's weights, from the source
+model), ``uda-st`` (two rounds of self-training from the UDA model) and ``supervised``
+(the recipe on the labelled target tiles: the upper bound). Figures are mean ± std over
+seeds. Four more rows evaluate, without any training, the models of four of them with
+test-time BatchNorm statistics (``predict --adapt bn``, scope call: one set of statistics
+over the test tiles): ``source-only+adabn``, ``fda+adabn``, ``uda+adabn`` and
+``supervised+adabn`` (a BatchNorm upper bound is only an upper bound with statistics that
+fit the test tiles). BatchNorm recipes (``--set norm=batch``) add ``uda-dsbn`` (the UDA
+run with ``--target-statistics``: the target's BatchNorm statistics kept apart) and
+``uda-dsbn+target`` (that model predicting with them, ``predict --adapt target``).
 
 Each model predicts the whole test tiles (the predictor's whole-image path) and is scored
 by per-tile Dice; a run's figure is the mean over its test tiles. Finished runs are
@@ -37,10 +38,11 @@ backbone=convnext_tiny``), ``--pretrained FILE`` starts the recipe rows' encoder
 local weights file and ``--pretrained imagenet`` from the encoder's published weights
 (timm's Hugging Face cache; docs/encoders.md). ``--adapt bn`` (or ``tent``) adds, for
 each recipe row of part (a), a row ``recipe+adabn`` (``recipe+tent``): the same model
-evaluated after test-time adaptation over the fold's test tiles. Test-time adaptation
-changes BatchNorm models only; the ``real`` recipe's default G normalises per image
-(``--set norm=batch`` for BatchNorm), and a record's ``bn_layers`` says how many layers
-were adapted. The Markdown summary goes to ``--md``.
+evaluated after test-time adaptation over the fold's test tiles; ``--adapt tta`` adds
+``recipe+tta``, the same model scored on the mean of the four flips (``predict --tta``).
+Test-time adaptation changes BatchNorm models only; the ``real`` recipe's default G
+normalises per image (``--set norm=batch`` for BatchNorm), and a record's ``bn_layers``
+says how many layers were adapted. The Markdown summary goes to ``--md``.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def _link_domain(data: Path, names: list[str], dest: Path) -> Path:
 
 
 #: Row-name suffix of a model evaluated with test-time adaptation (``--adapt``).
-ADAPT_SUFFIX = {"bn": "+adabn", "tent": "+tent"}
+ADAPT_SUFFIX = {"bn": "+adabn", "tent": "+tent", "tta": "+tta"}
 
 
 def _score(model: Any, data: Path, names: list[str], device: str,
@@ -133,7 +135,8 @@ def _score(model: Any, data: Path, names: list[str], device: str,
     """Per-tile Dice of ``model`` on the whole tiles ``names`` of ``data``.
 
     ``adapt`` (``"bn"``/``"tent"``): a copy of the model adapts first to all the tiles
-    (scope call); the record then says how many BatchNorm layers it adapted.
+    (scope call); the record then says how many BatchNorm layers it adapted. ``"tta"``:
+    the model itself, scored on the mean of the four flips (``predict --tta``).
     """
     from stainadapt.data.folders import scan_domain
     from stainadapt.device import resolve_device
@@ -145,12 +148,15 @@ def _score(model: Any, data: Path, names: list[str], device: str,
     samples = [s for s in scan_domain(data, require_masks=True) if s.name in set(names)]
     items = load_domain_images(samples, with_masks=True)
     extra: dict[str, Any] = {}
-    if adapt:
+    tta = adapt == "tta"
+    if tta:
+        extra = {"adapt": adapt, "bn_layers": 0}
+    elif adapt:
         model = adapted_copy(model, [image for _, image, _ in items], dev, adapt, normalizer)
         extra = {"adapt": adapt, "bn_layers": len(batchnorm_layers(model))}
     per = {}
     for name, image, mask in items:
-        prob = predict_probs(model, image, dev, normalizer=normalizer).cpu().numpy()
+        prob = predict_probs(model, image, dev, normalizer=normalizer, tta=tta).cpu().numpy()
         per[name] = round(float(segmentation_metrics(prob > 0.5, mask)["dice"]), 4)
     return {"dice": float(np.mean(list(per.values()))), "per_tile": per, **extra}
 
@@ -364,6 +370,9 @@ def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
             init=str(runs / f"source-only-seed{seed}"), disc_epochs=budget.disc_epochs,
             adv_epochs=budget.adv_epochs, **unlabelled)
         row("uda+adabn", seed, "uda", source, adapt="bn")
+        # FDA: the source crops take the target's low-frequency amplitudes (no D)
+        row("fda", seed, "fda", source, fda_beta=args.fda_beta, target=str(target))
+        row("fda+adabn", seed, "fda", source, adapt="bn")
         row("supervised", seed, "supervised", labelled)
         row("supervised+adabn", seed, "supervised", labelled, adapt="bn")
         row("uda-st", seed, "uda-st", source, init=str(runs / f"uda-seed{seed}"),
@@ -418,7 +427,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="a: in-domain folds; b: synthetic PASM -> real PAS, no target labels")
     p.add_argument("--seed", type=int, default=0, help="part (a)'s seed")
     p.add_argument("--adapt", choices=sorted(ADAPT_SUFFIX), default=None,
-                   help="part (a): also evaluate each recipe row with test-time adaptation")
+                   help="part (a): also evaluate each recipe row with test-time adaptation "
+                   "(tta: flips only)")
+    p.add_argument("--fda-beta", type=float, default=0.05,
+                   help="part (b): the band of the fda rows (train --fda-beta)")
     p.add_argument("--seeds", type=int, default=3, help="part (b): seeds 0..N-1")
     p.add_argument("--first-seed", type=int, default=0,
                    help="part (b): start at this seed (one process per seed can share --out)")

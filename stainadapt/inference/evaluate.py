@@ -97,12 +97,14 @@ def predict_probs(
     normalizer: Any = None,
     amp: torch.dtype | None = None,
     adapt: str | AdaptSettings | None = None,
+    tta: bool = False,
 ) -> torch.Tensor:
     """Probabilities ``(H, W) float32`` on ``device`` of one whole ``(H, W, 3) uint8`` image.
 
     ``amp``: the autocast dtype (``None``: full precision). The model is run in eval
     mode and left in the mode it came in. ``adapt`` (``"bn"``, ``"tent"`` or
-    :class:`AdaptSettings`): a copy of the model adapts to this image first.
+    :class:`AdaptSettings`): a copy of the model adapts to this image first. ``tta``: the
+    mean of the four flips' probabilities, as ``predict --tta``.
     """
     if AdaptSettings.parse(adapt) is not None:
         model = adapted_copy(model, [image], device, adapt, normalizer)
@@ -111,7 +113,7 @@ def predict_probs(
     try:
         predictor = SlidingWindowPredictor(
             model, tile, 0, batch_size=1, device=device, amp=amp, normalizer=normalizer,
-            min_tissue=0.0,
+            min_tissue=0.0, tta=tta,
         )  # fmt: skip
         prob = predictor.predict(np.ascontiguousarray(image))
     finally:
@@ -127,6 +129,7 @@ def evaluate_model(
     normalizer: Any = None,
     amp: torch.dtype | None = None,
     adapt: str | AdaptSettings | None = None,
+    tta: bool = False,
 ) -> dict[str, float]:
     """Mean (and std) Dice and pixel accuracy of ``model`` over labelled images.
 
@@ -134,7 +137,8 @@ def evaluate_model(
     without a mask are skipped. Returns ``{"dice", "dice_std", "accuracy",
     "accuracy_std", "n"}``, or ``{}`` when no item has a mask. ``adapt``: evaluate a
     copy adapted at test time (module docstring); scope ``call`` adapts once to the
-    labelled images, scope ``file`` to each image.
+    labelled images, scope ``file`` to each image. ``tta``: score the mean of the four
+    flips' probabilities (:func:`predict_probs`).
     """
     settings = AdaptSettings.parse(adapt)
     scored = [(image, mask) for _, image, mask in items if mask is not None]
@@ -146,7 +150,7 @@ def evaluate_model(
         per_image = settings
     dices, accs = [], []
     for image, mask in scored:
-        prob = predict_probs(model, image, device, normalizer, amp, per_image)
+        prob = predict_probs(model, image, device, normalizer, amp, per_image, tta)
         scores = segmentation_metrics((prob > threshold).cpu().numpy(), mask)
         dices.append(scores["dice"])
         accs.append(scores["accuracy"])

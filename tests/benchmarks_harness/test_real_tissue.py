@@ -68,6 +68,12 @@ def test_tiny_benchmark_end_to_end_and_resume(rt, tmp_path, capsys):
     assert rt.main(argv) == 0  # everything is skipped
     assert "done before" in capsys.readouterr().out
     assert (out / "results" / "smp-fold0.json").stat().st_mtime_ns == mtime
+    # flip TTA scores the finished recipe model again, without training
+    tta_argv = argv[:argv.index("--adapt")] + ["--adapt", "tta", "--only", "recipe"]
+    assert rt.main(tta_argv) == 0
+    tta = json.loads((out / "results" / "recipe+tta-fold0.json").read_text())
+    assert tta["method"] == "recipe+tta" and tta["adapt"] == "tta" and tta["bn_layers"] == 0
+    assert set(tta["per_tile"]) == {"im0", "im1"}
 
 
 def test_missing_data_is_one_line(rt, tmp_path, capsys):
@@ -83,12 +89,13 @@ def test_tiny_part_b_rows_and_target_without_masks(rt, tmp_path):
             "--set", "norm=batch"]
     assert rt.main(argv) == 0
     results = sorted(p.stem for p in (out / "results-b").iterdir())
-    assert results == ["macenko-seed0", "source-only+adabn-seed0", "source-only-seed0",
+    assert results == ["fda+adabn-seed0", "fda-seed0", "macenko-seed0",
+                       "source-only+adabn-seed0", "source-only-seed0",
                        "supervised+adabn-seed0", "supervised-seed0", "uda+adabn-seed0",
                        "uda-dsbn+target-seed0",
                        "uda-dsbn-seed0", "uda-seed0", "uda-st-seed0"]
     for name, mode in [("source-only+adabn-seed0", "bn"), ("uda+adabn-seed0", "bn"),
-                       ("supervised+adabn-seed0", "bn"),
+                       ("supervised+adabn-seed0", "bn"), ("fda+adabn-seed0", "bn"),
                        ("uda-dsbn+target-seed0", "target")]:  # evaluation only
         rec = json.loads((out / "results-b" / f"{name}.json").read_text())
         assert rec["adapt"] == mode and rec["bn_layers"] > 0
@@ -100,5 +107,7 @@ def test_tiny_part_b_rows_and_target_without_masks(rt, tmp_path):
     uda = (out / "runs-b" / "uda-seed0" / "config.toml").read_text()
     assert 'mode = "uda"' in uda and "source-only-seed0" in uda
     assert "uda-seed0" in (out / "runs-b" / "uda-st-seed0" / "config.toml").read_text()
+    fda = (out / "runs-b" / "fda-seed0" / "config.toml").read_text()
+    assert 'mode = "source-only"' in fda and "fda_beta = 0.05" in fda and "target" in fda
     assert (out / "runs-b" / "uda-st-seed0" / "pseudo" / "round-1").is_dir()
     assert not (out / "runs-b" / "uda-seed0" / "state.pt").exists()

@@ -53,6 +53,20 @@ def test_evaluate_model_scores_the_predictor_output(net):
     assert evaluate_model(net, [("no mask", image, None)], CPU) == {}
 
 
+def test_flip_tta_averages_the_four_flips_of_the_whole_image(net):
+    image = blob_image(64, 64, seed=3)
+    plain = predict_probs(net, image, CPU).numpy()
+    flips = [(), (0,), (1,), (0, 1)]
+    want = np.mean([np.flip(predict_probs(net, np.flip(image, axes).copy(), CPU).numpy(), axes)
+                    for axes in flips], axis=0)
+    got = predict_probs(net, image, CPU, tta=True).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(got - plain).max() > 1e-4  # an untrained net is not flip-symmetric
+    truth = want > np.median(want)
+    scored = evaluate_model(net, [("a", image, truth)], CPU, tta=True)
+    assert scored["dice"] == pytest.approx(segmentation_metrics(got > 0.5, truth)["dice"])
+
+
 def test_load_domain_images(tmp_path):
     from types import SimpleNamespace
 
