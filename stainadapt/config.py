@@ -26,7 +26,6 @@ __all__ = [
     "SELECTS",
     "AMPS",
     "LR_SCHEDULES",
-    "ADV_RAMPS",
     "AUGMENT_PROFILES",
     "TrainConfig",
     "load_toml",
@@ -44,7 +43,6 @@ AUGMENT_PROFILES = ("light", "strong")  # data/augment.py
 # statistics
 NORMS = ("batch", "group", "instance")
 ADV_LOSSES = ("minimax", "flip")  # G's adversarial term, see engine/losses.py
-ADV_RAMPS = ("none", "dann")  # the adversarial weights over the adv epochs, engine/losses.py
 
 
 @dataclass
@@ -95,10 +93,6 @@ class TrainConfig:
     # non-saturating form (default); "minimax" = -alpha * BCE(D, true label), the
     # paper's Eq. 4 as written, whose gradient fades where D is right
     adv_loss: str = "flip"
-    # the adversarial weights over the adv epochs: "none" (as given from the first step)
-    # or "dann" (times 2 / (1 + exp(-10 p)) - 1, p the share of adv steps done: 0 at the
-    # first, near 1 from half-way; Ganin et al. 2016), so D learns before it steers G
-    adv_ramp: str = "none"
     # decay of an exponential moving average of G's weights and BatchNorm statistics,
     # updated after every G step; validation, selection and model.safetensors use the
     # average (0: off, the paper's plain weights). Short runs: 0.95; long ones: 0.999.
@@ -185,9 +179,6 @@ class TrainConfig:
         if self.adv_loss not in ADV_LOSSES:
             raise InputError(
                 f"adv_loss {self.adv_loss!r} is not one of {', '.join(ADV_LOSSES)}")
-        if self.adv_ramp not in ADV_RAMPS:
-            raise InputError(
-                f"adv_ramp {self.adv_ramp!r} is not one of {', '.join(ADV_RAMPS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"lr_schedule {self.lr_schedule!r} is not one of "
                              f"{', '.join(LR_SCHEDULES)}")

@@ -131,9 +131,6 @@ def train(
     adv_loss: Annotated[str | None, typer.Option(
         help="G's adversarial term: flip (label flipping, non-saturating; default) or "
         "minimax (the paper's -alpha*L_D read literally).", rich_help_panel=_OPT)] = None,
-    adv_ramp: Annotated[str | None, typer.Option(
-        help="Adversarial weights over the adv epochs: none, or dann (from 0 to the "
-        "full weight, as DANN's 2/(1+exp(-10p))-1).", rich_help_panel=_OPT)] = None,
     ema: Annotated[float | None, typer.Option(
         help="Decay of a moving average of G's weights used for validation, selection and "
         "the saved model (0: off; 0.95 for short runs, 0.999 for long ones).",
@@ -184,7 +181,6 @@ def train(
         "self_train_rounds": self_train_rounds, "self_train_epochs": self_train_epochs,
         "batch_size": batch_size, "lr": lr, "disc_lr": disc_lr, "dice_weight": dice_weight,
         "ema": ema, "target_statistics": target_statistics, "adv_loss": adv_loss,
-        "adv_ramp": adv_ramp,
         "lr_schedule": lr_schedule,
         "warmup_steps": warmup_steps, "encoder_lr_mult": encoder_lr_mult,
         "freeze_encoder_epochs": freeze_encoder_epochs,

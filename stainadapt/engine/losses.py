@@ -30,15 +30,13 @@ win. The margins between the two are small on the synthetic stains: run both
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from ..config import ADV_LOSSES, ADV_RAMPS
+from ..config import ADV_LOSSES
 
 __all__ = ["seg_loss", "soft_dice_loss", "bce_to", "correct_count", "generator_adv_term",
-           "adv_ramp_scale", "ADV_LOSSES", "ADV_RAMPS"]
+           "ADV_LOSSES"]
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -71,27 +69,6 @@ def generator_adv_term(logits: torch.Tensor, true_labels: torch.Tensor,
     if kind == "flip":
         return F.binary_cross_entropy_with_logits(logits, 1.0 - true_labels)
     raise ValueError(f"adv_loss must be one of {', '.join(ADV_LOSSES)}, got {kind!r}")
-
-
-def adv_ramp_scale(kind: str, phases: list[str], epoch: int, step: int,
-                   steps_per_epoch: int) -> float:
-    """The factor on every adversarial weight at ``step`` of ``epoch`` (``adv_ramp``).
-
-    ``"none"``: 1. ``"dann"``: ``2 / (1 + exp(-10 p)) - 1`` with ``p`` the share of the
-    run's ``adv`` steps done before this one (DANN's schedule): 0 at the first adversarial
-    step, 0.46 a tenth of the way, 0.99 at half-way. Depends on the position alone, so a
-    resumed run continues the same ramp.
-    """
-    if kind == "none":
-        return 1.0
-    if kind != "dann":
-        raise ValueError(f"adv_ramp must be one of {', '.join(ADV_RAMPS)}, got {kind!r}")
-    adv = [e for e, phase in enumerate(phases) if phase == "adv"]
-    if not adv or epoch not in adv:
-        return 1.0
-    done = adv.index(epoch) * steps_per_epoch + step
-    p = done / max(len(adv) * steps_per_epoch, 1)
-    return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
 
 
 def bce_to(logits: torch.Tensor, label: float) -> torch.Tensor:

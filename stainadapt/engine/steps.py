@@ -250,12 +250,8 @@ def disc_step(t: Any, batch: StepBatch, acc: dict[str, torch.Tensor]) -> None:
 
 
 def adv_step(t: Any, batch: StepBatch, acc: dict[str, torch.Tensor]) -> None:
-    """``adv``: one G step on L_seg + the adversarial terms, then one step of every D.
-
-    Each term's weight is times ``t.adv_scale`` (``adv_ramp``; 1 when not set).
-    """
+    """``adv``: one G step on L_seg + the adversarial terms, then one step of every D."""
     cfg = t.cfg
-    scale = float(getattr(t, "adv_scale", 1.0))
     with frozen_discriminators(t):
         with autocast(t):
             logits, feats = g_forward(t, batch, features=True)
@@ -273,7 +269,7 @@ def adv_step(t: Any, batch: StepBatch, acc: dict[str, torch.Tensor]) -> None:
                 for head, logit in out.items():
                     term = generator_adv_term(logit, true, cfg.adv_loss)
                     add(acc, f"adv_{name}.{head}", term)
-                    loss = loss + scale * disc.weights[head] * term
+                    loss = loss + disc.weights[head] * term
         update_generator(t, loss, l_seg, acc)
     update_discriminators(t, batch, logits, feats, acc)
 

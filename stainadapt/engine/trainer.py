@@ -58,7 +58,6 @@ from .callbacks import Callback, SkipCounter, default_callbacks
 from .callbacks.run_writer import CONFIG_FILE, METRICS_FILE
 from .domains import EpochBatches, epoch_seed, load_domains, tile_resolution
 from .interrupts import hold_interrupts, sigterm_as_interrupt
-from .losses import adv_ramp_scale
 from .lr_schedule import GeneratorLR
 from .resume_rules import check_frozen, check_resume
 from .state import STATE_FILE, load_state, rng_state, set_rng_state
@@ -122,7 +121,6 @@ class Trainer:
             1, len(self.domains.src_train) // (cfg.batch_size * self.world))
         self.batches = EpochBatches(cfg, self.steps, self.world, self.rank, self.device)
         self.g_lr = GeneratorLR(cfg.lr_schedule, cfg.warmup_steps, self.phases, self.steps)
-        self.adv_scale = 1.0  # the factor on the adversarial weights this step (adv_ramp)
 
         nets = build_networks(cfg, self.device, self.world, resuming=resume_state is not None)
         self.model, self.discs, self.disc_names = nets.model, nets.discs, nets.disc_names
@@ -330,8 +328,6 @@ class Trainer:
         start = time.perf_counter()
         for step in range(self.steps):
             self.g_lr(self.opt_g, epoch, step)
-            self.adv_scale = adv_ramp_scale(self.cfg.adv_ramp, self.phases, epoch, step,
-                                            self.steps)
             src = next(src_it)
             tgt = next(tgt_it) if tgt_it is not None else None
             self.step(phase, src, tgt, acc)
