@@ -343,6 +343,8 @@ def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
     def row(method: str, seed: int, run: str, train_dir: Path, normalizer: Any = None,
             adapt: str | None = None, **fields: Any) -> None:
         """Score ``run``'s model (trained first unless finished) as ``method``."""
+        if args.only and method not in args.only.split(","):
+            return
         path = args.out / "results-b" / f"{method}-seed{seed}.json"
         if path.is_file():
             records.append(json.loads(path.read_text()))
@@ -415,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data", type=Path, help="labelled real tiles (images/ + masks/)")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="quick")
     p.add_argument("--out", type=Path, default=Path("runs/real-tissue"))
-    p.add_argument("--only", default=None, help="comma-separated: recipe, smp, paper")
+    p.add_argument("--only", default=None,
+                   help="comma-separated: recipe, smp, paper (part a); row names (part b)")
     p.add_argument("--folds", type=lambda s: [int(v) for v in s.split(",")], default=None)
     p.add_argument("--recipe", default="real", help="training recipe of the recipe rows")
     p.add_argument("--set", dest="overrides", action="append", default=[],
@@ -429,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapt", choices=sorted(ADAPT_SUFFIX), default=None,
                    help="part (a): also evaluate each recipe row with test-time adaptation "
                    "(tta: flips only)")
-    p.add_argument("--fda-beta", type=float, default=0.05,
+    p.add_argument("--fda-beta", type=float, default=0.25,
                    help="part (b): the band of the fda rows (train --fda-beta)")
     p.add_argument("--seeds", type=int, default=3, help="part (b): seeds 0..N-1")
     p.add_argument("--first-seed", type=int, default=0,

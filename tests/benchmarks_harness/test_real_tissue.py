@@ -108,6 +108,14 @@ def test_tiny_part_b_rows_and_target_without_masks(rt, tmp_path):
     assert 'mode = "uda"' in uda and "source-only-seed0" in uda
     assert "uda-seed0" in (out / "runs-b" / "uda-st-seed0" / "config.toml").read_text()
     fda = (out / "runs-b" / "fda-seed0" / "config.toml").read_text()
-    assert 'mode = "source-only"' in fda and "fda_beta = 0.05" in fda and "target" in fda
+    assert 'mode = "source-only"' in fda and "fda_beta = 0.25" in fda and "target" in fda
     assert (out / "runs-b" / "uda-st-seed0" / "pseudo" / "round-1").is_dir()
     assert not (out / "runs-b" / "uda-seed0" / "state.pt").exists()
+    # --only names the rows of part (b) to (re)score; the others are not touched
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "results-b").iterdir()}
+    (out / "results-b" / "fda+adabn-seed0.json").unlink()
+    assert rt.main(argv + ["--only", "fda+adabn"]) == 0
+    assert (out / "results-b" / "fda+adabn-seed0.json").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "results-b").iterdir()
+            if p.name != "fda+adabn-seed0.json"} == {
+        k: v for k, v in stamps.items() if k != "fda+adabn-seed0.json"}
