@@ -23,6 +23,7 @@ from .schedule import epoch_phases
 
 __all__ = [
     "MODES",
+    "SELF_TRAIN_ADAPT",
     "SELECTS",
     "AMPS",
     "LR_SCHEDULES",
@@ -43,6 +44,7 @@ AUGMENT_PROFILES = ("light", "strong")  # data/augment.py
 # statistics
 NORMS = ("batch", "group", "instance")
 ADV_LOSSES = ("minimax", "flip")  # G's adversarial term, see engine/losses.py
+SELF_TRAIN_ADAPT = ("none", "bn")  # how self-training labels the target
 
 
 @dataclass
@@ -113,6 +115,14 @@ class TrainConfig:
     # discriminators. uda and source-only (with --target) only; target masks are never read.
     self_train_rounds: int = 0
     self_train_epochs: int = 12
+    # the share of each class's pixels (glomerulus, background) a round keeps as
+    # pseudo-labels, its most confident over the split (class-balanced, CBST-style); the
+    # rest are unsure and left out of L_seg (data/pseudo_labels.py). 1: every pixel
+    self_train_keep: float = 1.0
+    # how a round labels the target: "none", with the model's statistics as trained (or
+    # the target statistics it keeps); "bn", with BatchNorm statistics re-estimated on
+    # the target training split first (AdaBN, as `predict --adapt bn`)
+    self_train_adapt: str = "none"
     image_size: int = 256
     # microns per pixel of the training tiles (None: not known); recorded in model.json
     # so predict reads slides at the same resolution
@@ -221,6 +231,11 @@ class TrainConfig:
                 raise InputError("self_train_rounds needs a target domain: give --target DIR")
             if self.self_train_epochs < 1:
                 raise InputError("self_train_epochs must be >= 1 when self_train_rounds > 0")
+        if not 0.0 < self.self_train_keep <= 1.0:
+            raise InputError(f"self_train_keep must be in (0, 1], got {self.self_train_keep}")
+        if self.self_train_adapt not in SELF_TRAIN_ADAPT:
+            raise InputError(f"self_train_adapt {self.self_train_adapt!r} is not one of "
+                             f"{', '.join(SELF_TRAIN_ADAPT)}")
         if self.target_statistics:
             if not self.target:
                 raise InputError("target_statistics needs a target domain: give --target DIR")

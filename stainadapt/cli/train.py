@@ -60,6 +60,14 @@ def train(
         rich_help_panel=_SCHED)] = None,
     self_train_epochs: Annotated[int | None, typer.Option(
         help="Epochs per self-training round (12).", rich_help_panel=_SCHED)] = None,
+    self_train_keep: Annotated[float | None, typer.Option(
+        help="Share of each class's pixels (glomerulus, background) a self-training round "
+        "keeps as pseudo-labels, the most confident; the rest are left out of the loss "
+        "(1: every pixel).", rich_help_panel=_SCHED)] = None,
+    self_train_adapt: Annotated[str | None, typer.Option(
+        help="How a self-training round labels the target: none (the model as trained) "
+        "or bn (BatchNorm statistics re-estimated on the target first, as predict "
+        "--adapt bn).", rich_help_panel=_SCHED)] = None,
     recipe: Annotated[str | None, typer.Option(
         help="Named recipe the other settings start from: real (small real data sets: "
         "instance normalisation, Dice + BCE, warm-up + cosine lr, glomerulus-centred "
@@ -179,6 +187,7 @@ def train(
         "pretrain_epochs": pretrain_epochs, "disc_epochs": disc_epochs,
         "adv_epochs": adv_epochs, "steps_per_epoch": steps_per_epoch, "steps": steps,
         "self_train_rounds": self_train_rounds, "self_train_epochs": self_train_epochs,
+        "self_train_keep": self_train_keep, "self_train_adapt": self_train_adapt,
         "batch_size": batch_size, "lr": lr, "disc_lr": disc_lr, "dice_weight": dice_weight,
         "ema": ema, "target_statistics": target_statistics, "adv_loss": adv_loss,
         "lr_schedule": lr_schedule,

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from .folders import Sample
 from .io import read_image, read_mask
+from .pseudo_labels import downsample_pseudo_label, read_pseudo_label
 from .resample import check_downsample, downsample_image, downsample_mask
 from .sampling import crop_origin, glomerulus_centres
 
@@ -47,7 +48,8 @@ class CropDataset(Dataset):
     after its first epoch.
 
     Items: ``{"image": uint8 (3, S, S), "mask": float32 (1, S, S), "name": str}``
-    (``"mask"`` only when ``with_masks`` is true).
+    (``"mask"`` only when ``with_masks`` is true). With ``pseudo`` the masks are
+    self-training pseudo-labels (:mod:`.pseudo_labels`): unsure pixels are negative.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class CropDataset(Dataset):
         mask_threshold: float | None = None,
         foreground_share: float = 0.0,
         downsample: float = 1.0,
+        pseudo: bool = False,
     ) -> None:
         if not samples:
             raise ValueError("CropDataset needs at least one sample")
@@ -74,6 +77,7 @@ class CropDataset(Dataset):
         self.seed = int(seed)
         self.with_masks = with_masks
         self.mask_threshold = mask_threshold
+        self.pseudo = pseudo
         self.downsample = check_downsample(downsample)
         if not 0.0 <= foreground_share <= 1.0:
             raise ValueError(f"foreground_share must be in [0, 1], got {foreground_share}")
@@ -82,7 +86,7 @@ class CropDataset(Dataset):
         used = min(self.length, len(self.samples))  # item i reads image i % len(samples)
         self._decoded = [self._decode(self.samples[k]) for k in range(used)]
         # glomerulus centres per image, for the share of crops placed on one
-        self._centres = [glomerulus_centres(m) if self.foreground_share > 0 else None
+        self._centres = [glomerulus_centres(m > 0) if self.foreground_share > 0 else None
                          for _, m in self._decoded]
 
     def set_epoch(self, epoch: int) -> None:
@@ -95,7 +99,10 @@ class CropDataset(Dataset):
         """``(image (H, W, 3) uint8, mask (H, W) or None)``, padded up to the crop size."""
         img = pad_to(downsample_image(read_image(s.image), self.downsample), self.crop_size)
         mask = None
-        if self.with_masks:
+        if self.with_masks and self.pseudo:
+            label = read_pseudo_label(s.mask)
+            mask = pad_to(downsample_pseudo_label(label, self.downsample), self.crop_size)
+        elif self.with_masks:
             full = read_mask(s.mask, threshold=self.mask_threshold)
             mask = pad_to(downsample_mask(full, self.downsample), self.crop_size)
         return img, mask

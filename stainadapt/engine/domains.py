@@ -156,7 +156,7 @@ class EpochBatches:
                              length=self.steps * cfg.batch_size * self.world,
                              seed=cfg.seed * 10 + stream, with_masks=with_masks,
                              foreground_share=cfg.foreground_share,
-                             downsample=cfg.downsample)
+                             downsample=cfg.downsample, pseudo=tag > 0)
             self._datasets[key] = ds
         ds.set_epoch(epoch)
         pin = self.device.type == "cuda"

@@ -39,19 +39,36 @@ __all__ = ["seg_loss", "soft_dice_loss", "bce_to", "correct_count", "generator_a
            "ADV_LOSSES"]
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice over the batch (one number)."""
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - soft Dice over the batch (one number); only ``valid`` pixels count if given."""
     prob = torch.sigmoid(logits.float())
     target = target.float()
+    if valid is not None:
+        prob, target = prob * valid, target * valid
     inter = (prob * target).sum()
     return 1.0 - (2.0 * inter + eps) / (prob.sum() + target.sum() + eps)
 
 
-def seg_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 0.0) -> torch.Tensor:
-    """L_seg: pixel BCE on logits (+ ``dice_weight`` * soft Dice loss when > 0)."""
-    loss = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 0.0,
+             ignore_unsure: bool = False) -> torch.Tensor:
+    """L_seg: pixel BCE on logits (+ ``dice_weight`` * soft Dice loss when > 0).
+
+    ``ignore_unsure``: ``target`` is a pseudo-label whose negative pixels are unsure
+    (:mod:`stainadapt.data.pseudo_labels`); both terms are taken over the other pixels
+    only (a batch with none gives 0, with no host sync).
+    """
+    if not ignore_unsure:
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        if dice_weight > 0:
+            loss = loss + dice_weight * soft_dice_loss(logits, target)
+        return loss
+    valid = (target >= 0).float()
+    target = target.float().clamp(min=0.0)
+    pixel = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    loss = (pixel * valid).sum() / valid.sum().clamp(min=1.0)
     if dice_weight > 0:
-        loss = loss + dice_weight * soft_dice_loss(logits, target)
+        loss = loss + dice_weight * soft_dice_loss(logits, target, valid=valid)
     return loss
 
 

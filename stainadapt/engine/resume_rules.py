@@ -28,7 +28,8 @@ GROWABLE_ON_RESUME = ("pretrain_epochs", "disc_epochs", "adv_epochs", "self_trai
 FIXED_ON_RESUME = ("steps_per_epoch", "batch_size", "selection", "val_fraction", "seed",
                    "freeze_encoder_epochs",
                    "lr_schedule", "warmup_steps", "encoder_lr_mult", "foreground_share",
-                   "select_smoothing", "bn_recalibration", "fda_beta")
+                   "select_smoothing", "bn_recalibration", "fda_beta",
+                   "self_train_keep", "self_train_adapt")
 
 
 def check_frozen(stored: dict[str, Any], given: dict[str, Any]) -> None:

@@ -183,11 +183,15 @@ def g_forward(t: Any, batch: StepBatch, features: bool
 
 
 def seg_term(t: Any, batch: StepBatch, logits: torch.Tensor) -> torch.Tensor:
-    """L_seg on the source rows, plus on the target rows when they have (pseudo-)masks."""
+    """L_seg on the source rows, plus on the target rows when they have (pseudo-)masks.
+
+    Pseudo-labels filtered by confidence (``self_train_keep`` < 1) leave their unsure
+    pixels out of the target rows' term."""
     b = batch.b
     l_seg = seg_loss(logits[:b], batch.ys, t.cfg.dice_weight)
     if batch.use_t and batch.t_labelled:
-        l_seg = l_seg + seg_loss(logits[b:], batch.yt, t.cfg.dice_weight)
+        unsure = not batch.tgt_labelled and t.cfg.self_train_keep < 1.0
+        l_seg = l_seg + seg_loss(logits[b:], batch.yt, t.cfg.dice_weight, ignore_unsure=unsure)
     return l_seg
 
 

@@ -57,6 +57,9 @@ def test_schedule_appends_rounds_after_everything_else():
     (dict(mode="source-only", target=None), "needs a target"),
     (dict(self_train_epochs=0), "self_train_epochs"),
     (dict(self_train_rounds=-1), "self_train_rounds"),
+    (dict(self_train_keep=0.0), "self_train_keep"),
+    (dict(self_train_keep=1.5), "self_train_keep"),
+    (dict(self_train_adapt="tent"), "self_train_adapt"),
 ])
 def test_bad_self_training_settings_are_one_clear_error(kw, match):
     values = dict(source="s", target="t", mode="uda", discs=["shape"], self_train_rounds=1)
@@ -96,6 +99,43 @@ def test_rounds_label_the_target_with_the_averaged_model(tmp_path, domains):
     firsts = [r["pseudo"]["round"] for r in lines if "pseudo" in r]
     assert firsts == [1, 2] and lines[before]["pseudo"]["images"] == 4
     assert result.records[-1]["selected"]  # default selection with rounds: last
+
+
+def test_confident_labels_after_adabn_and_a_loss_that_skips_the_rest(tmp_path, domains):
+    """``self_train_keep`` < 1 writes unsure pixels; ``self_train_adapt = "bn"`` labels
+    with AdaBN statistics of the target split: the labels are exactly that model's."""
+    from stainadapt.data.pseudo_labels import (
+        UNSURE_PIXEL,
+        class_balanced_cuts,
+        encode_pseudo_label,
+    )
+    from stainadapt.inference import adapted_copy
+
+    cfg = _cfg(tmp_path / "run", domains, self_train_rounds=1, self_train_epochs=1,
+               self_train_keep=0.6, self_train_adapt="bn")
+    before = len(cfg.phases()) - 1
+    train(cfg, max_epochs=before)
+    state = load_state(tmp_path / "run" / "state.pt")
+    model = SegmentationNet(backbone="resnet18")
+    model.load_state_dict(state["ema"])
+    model.eval()
+    resume(tmp_path / "run")
+    folder = tmp_path / "run" / "pseudo" / "round-1"
+    names = sorted(p.name for p in folder.iterdir())
+    images = [read_image(domains[1] / "images" / n) for n in names]
+    labeller = adapted_copy(model, images, torch.device("cpu"), "bn")
+    probs = [predict_probs(labeller, im, torch.device("cpu")).numpy() for im in images]
+    cuts = class_balanced_cuts(probs, 0.5, 0.6)
+    unsure = 0.0
+    for name, prob in zip(names, probs, strict=True):
+        stored = read_image(folder / name)[:, :, 0]
+        assert np.array_equal(stored, encode_pseudo_label(prob, 0.5, *cuts)), name
+        unsure += (stored == UNSURE_PIXEL).mean()
+    assert 0.3 < unsure / len(names) < 0.45  # 40 % of each class, plus ties
+    record = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
+              .splitlines()][-1]["pseudo"]
+    assert record["keep"] == 0.6 and record["adapt"] == "bn"
+    assert record["unsure"] == pytest.approx(unsure / len(names), abs=1e-3)
 
 
 def test_round_start_restarts_g_from_the_average_with_a_fresh_adam(tmp_path, domains):

@@ -1,11 +1,13 @@
 """Self-training rounds (``self_train_rounds``, after the schedule; not in the paper).
 
-At the first epoch of round R, G's model (the moving average if ``ema``) labels the
-target *training* split, p > threshold, into ``RUN/pseudo/round-R/`` (rank 0 writes,
-every rank reads); G restarts from that model with a fresh Adam (at the current learning
-rate) and a fresh average, then trains on L_seg over the source labels and those
-pseudo-labels. The target's own masks are never read. A resumed run reads the round's
-labels back from the folder.
+At the first epoch of round R, G's model (the moving average if ``ema``; after AdaBN on
+the split with ``self_train_adapt = "bn"``) labels the target *training* split, p >
+threshold, into ``RUN/pseudo/round-R/`` (rank 0 writes, every rank reads). With
+``self_train_keep`` < 1 only each class's most confident pixels are labels and the rest
+are unsure, left out of the loss (:mod:`stainadapt.data.pseudo_labels`). G restarts
+from that model with a fresh Adam (at the current learning rate) and a fresh average,
+then trains on L_seg over the source labels and those pseudo-labels. The target's own
+masks are never read. A resumed run reads the round's labels back from the folder.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from ... import distributed
+from ...data.pseudo_labels import UNSURE_PIXEL
 from ...errors import InputError
 from ...inference.evaluate import predict_probs
 from ...schedule import self_train_round
@@ -88,8 +91,11 @@ class SelfTraining(Callback):
     @torch.no_grad()
     def _write_labels(self, t: Any, folder: Path, round_: int) -> dict[str, Any]:
         from ...data.io import read_image, write_image
+        from ...data.pseudo_labels import class_balanced_cuts, encode_pseudo_label
+        from ...inference.evaluate import adapted_copy
 
         samples = t.domains.tgt_train
+        cfg = t.cfg
         model = t.eval_model
         was_training = model.training
         model.eval()
@@ -97,15 +103,28 @@ class SelfTraining(Callback):
         if t.progress is not None:
             task = t.progress.add_task(f"self-training round {round_}: labelling the target",
                                        total=len(samples), loss="")
-        foreground = 0.0
+        images = [read_image(s.image) for s in samples]
+        labeller = model
+        if cfg.self_train_adapt == "bn":  # AdaBN on the split it labels
+            labeller = adapted_copy(model, images, t.device, "bn", t.normalizer)
+        probs = []
         with t.reading_target_statistics():  # the target as the run predicts it
-            for s in samples:
-                prob = predict_probs(model, read_image(s.image), t.device, t.normalizer, t.amp)
-                mask = (prob > t.cfg.threshold).cpu().numpy()
-                foreground += float(mask.mean())
-                write_image(folder / f"{s.name}.png", mask)
+            for image in images:
+                prob = predict_probs(labeller, image, t.device, t.normalizer, t.amp)
+                probs.append(prob.float().cpu().numpy())
                 if task is not None:
                     t.progress.update(task, advance=1)
+        del images
+        fg_min, bg_max = class_balanced_cuts(probs, cfg.threshold, cfg.self_train_keep)
+        foreground = unsure = 0.0
+        for s, prob in zip(samples, probs, strict=True):
+            label = encode_pseudo_label(prob, cfg.threshold, fg_min, bg_max)
+            foreground += float((label == 255).mean())
+            unsure += float((label == UNSURE_PIXEL).mean())
+            write_image(folder / f"{s.name}.png", label)
         model.train(was_training)
+        n = max(len(samples), 1)
         return {"round": round_, "images": len(samples), "folder": str(folder),
-                "foreground": round(foreground / max(len(samples), 1), 4)}
+                "foreground": round(foreground / n, 4), "unsure": round(unsure / n, 4),
+                "keep": cfg.self_train_keep, "adapt": cfg.self_train_adapt,
+                "fg_min": round(fg_min, 4), "bg_max": round(bg_max, 4)}
