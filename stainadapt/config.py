@@ -78,6 +78,11 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 1e-3
     disc_lr: float = 1e-3
+    # discriminator updates per G update in the adversarial phase (each on the step's
+    # batch of G outputs), and the label smoothing of their targets: label y trains
+    # towards y * (1 - s) + s / 2, so no discriminator is driven to certainty
+    disc_steps: int = 1
+    disc_label_smoothing: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
     dice_weight: float = 0.0  # L_seg = BCE + dice_weight * soft Dice loss
@@ -186,6 +191,11 @@ class TrainConfig:
             raise InputError(f"mode {self.mode} needs a target domain: give --target DIR")
         if self.select is not None and self.select not in SELECTS:
             raise InputError(f"select {self.select!r} is not one of {', '.join(SELECTS)}")
+        if self.disc_steps < 1:
+            raise InputError(f"disc_steps must be >= 1, got {self.disc_steps}")
+        if not 0.0 <= self.disc_label_smoothing < 1.0:
+            raise InputError("disc_label_smoothing must be in [0, 1), got "
+                             f"{self.disc_label_smoothing}")
         if self.adv_loss not in ADV_LOSSES:
             raise InputError(
                 f"adv_loss {self.adv_loss!r} is not one of {', '.join(ADV_LOSSES)}")

@@ -87,6 +87,12 @@ def train(
         help="G's Adam learning rate (paper 1e-3).", rich_help_panel=_OPT)] = None,
     disc_lr: Annotated[float | None, typer.Option(
         help="Each discriminator's Adam learning rate.", rich_help_panel=_OPT)] = None,
+    disc_steps: Annotated[int | None, typer.Option(
+        help="Discriminator updates per G update in the adversarial phase (1).",
+        rich_help_panel=_OPT)] = None,
+    disc_label_smoothing: Annotated[float | None, typer.Option(
+        help="Discriminator targets y * (1 - s) + s / 2 instead of 0/1 (0: off).",
+        rich_help_panel=_OPT)] = None,
     dice_weight: Annotated[float | None, typer.Option(
         help="Add this times a soft Dice loss to L_seg.", rich_help_panel=_OPT)] = None,
     lr_schedule: Annotated[str | None, typer.Option(
@@ -189,6 +195,7 @@ def train(
         "self_train_rounds": self_train_rounds, "self_train_epochs": self_train_epochs,
         "self_train_keep": self_train_keep, "self_train_adapt": self_train_adapt,
         "batch_size": batch_size, "lr": lr, "disc_lr": disc_lr, "dice_weight": dice_weight,
+        "disc_steps": disc_steps, "disc_label_smoothing": disc_label_smoothing,
         "ema": ema, "target_statistics": target_statistics, "adv_loss": adv_loss,
         "lr_schedule": lr_schedule,
         "warmup_steps": warmup_steps, "encoder_lr_mult": encoder_lr_mult,

@@ -29,7 +29,8 @@ FIXED_ON_RESUME = ("steps_per_epoch", "batch_size", "selection", "val_fraction",
                    "freeze_encoder_epochs",
                    "lr_schedule", "warmup_steps", "encoder_lr_mult", "foreground_share",
                    "select_smoothing", "bn_recalibration", "fda_beta",
-                   "self_train_keep", "self_train_adapt")
+                   "self_train_keep", "self_train_adapt", "disc_steps",
+                   "disc_label_smoothing")
 
 
 def check_frozen(stored: dict[str, Any], given: dict[str, Any]) -> None:

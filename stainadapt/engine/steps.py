@@ -210,25 +210,32 @@ def update_generator(t: Any, loss: torch.Tensor, l_seg: torch.Tensor,
 
 def update_discriminators(t: Any, batch: StepBatch, logits: torch.Tensor,
                           feats: dict[str, torch.Tensor], acc: dict[str, torch.Tensor]) -> None:
-    """One BCE step of every discriminator on G's detached outputs (with its accuracy)."""
+    """``disc_steps`` BCE steps of every discriminator on G's detached outputs, towards
+    ``disc_label_smoothing``-smoothed labels. Its loss and its accuracy (against the hard
+    labels) are recorded from the first of them, once per G step."""
     feats_d = {k: v.detach() for k, v in feats.items()}
     probs_d = torch.sigmoid(logits.detach().float())
-    for name, disc, ddp_disc, opt in zip(t.disc_names, t.discs, t.d_ddp, t.opt_d,
-                                         strict=True):
-        with autocast(t):
-            view = disc_view(disc, feats_d, probs_d, batch)
-            out = ddp_disc(view.inputs)  # its own DDP wrapper: averages this D's grads
-            labels = view.labels
-            d_loss = torch.zeros((), device=batch.x.device)
-            for head, logit in out.items():
-                term = F.binary_cross_entropy_with_logits(logit.float(), labels)
-                d_loss = d_loss + term
-                add(acc, f"d_{name}.{head}", term)
-                correct = ((logit.detach().float() > 0).float() == labels).float().sum()
-                add(acc, f"acc_{name}.{head}", correct / labels.numel())
-        opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_step(t, opt, d_loss, acc)
+    smoothing = t.cfg.disc_label_smoothing
+    for repeat in range(t.cfg.disc_steps):
+        for name, disc, ddp_disc, opt in zip(t.disc_names, t.discs, t.d_ddp, t.opt_d,
+                                             strict=True):
+            with autocast(t):
+                view = disc_view(disc, feats_d, probs_d, batch)
+                out = ddp_disc(view.inputs)  # its own DDP wrapper: averages this D's grads
+                labels = view.labels
+                goal = labels * (1.0 - smoothing) + 0.5 * smoothing if smoothing else labels
+                d_loss = torch.zeros((), device=batch.x.device)
+                for head, logit in out.items():
+                    term = F.binary_cross_entropy_with_logits(logit.float(), goal)
+                    d_loss = d_loss + term
+                    if repeat:
+                        continue
+                    add(acc, f"d_{name}.{head}", term)
+                    correct = ((logit.detach().float() > 0).float() == labels).float().sum()
+                    add(acc, f"acc_{name}.{head}", correct / labels.numel())
+            opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_step(t, opt, d_loss, acc)
 
 
 # ------------------------------------------------------------------ the phases
