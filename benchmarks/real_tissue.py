@@ -14,16 +14,19 @@ the real tiles (by name) are the unlabelled target, the last quarter the test ti
 seed: ``source-only`` (the recipe on synthetic PASM tiles), ``macenko`` (that model on
 test tiles Macenko-normalised to a synthetic PASM tile), ``fda`` (the source-only recipe
 with ``--fda-beta``: each synthetic crop takes the low-frequency amplitudes of an
-unlabelled real crop), ``uda`` (mirrored + shape at the paper's weights, from the source
-model), ``uda-st`` (two rounds of self-training from the UDA model) and ``supervised``
+unlabelled real crop), ``fda-st`` (two rounds of self-training from the fda model, the
+target labelled after AdaBN: ``--self-train-adapt bn``), ``uda`` (mirrored + shape at the
+paper's weights, from the source model), ``uda-st`` (two rounds of self-training from the
+UDA model) and ``supervised``
 (the recipe on the labelled target tiles: the upper bound). Figures are mean ± std over
-seeds. Four more rows evaluate, without any training, the models of four of them with
+seeds. Five more rows evaluate, without any training, the models of five of them with
 test-time BatchNorm statistics (``predict --adapt bn``, scope call: one set of statistics
-over the test tiles): ``source-only+adabn``, ``fda+adabn``, ``uda+adabn`` and
-``supervised+adabn`` (a BatchNorm upper bound is only an upper bound with statistics that
-fit the test tiles). BatchNorm recipes (``--set norm=batch``) add ``uda-dsbn`` (the UDA
-run with ``--target-statistics``: the target's BatchNorm statistics kept apart) and
-``uda-dsbn+target`` (that model predicting with them, ``predict --adapt target``).
+over the test tiles): ``source-only+adabn``, ``fda+adabn``, ``fda-st+adabn``,
+``uda+adabn`` and ``supervised+adabn`` (a BatchNorm upper bound is only an upper bound
+with statistics that fit the test tiles). BatchNorm recipes (``--set norm=batch``) add
+``uda-dsbn`` (the UDA run with ``--target-statistics``: the target's BatchNorm
+statistics kept apart) and ``uda-dsbn+target`` (that model predicting with them,
+``predict --adapt target``).
 
 Each model predicts the whole test tiles (the predictor's whole-image path) and is scored
 by per-tile Dice; a run's figure is the mean over its test tiles. Finished runs are
@@ -125,6 +128,12 @@ def _link_domain(data: Path, names: list[str], dest: Path) -> Path:
     (dest / "DONE").write_text("\n".join(names) + "\n")
     return dest
 
+
+#: The rows ``--only`` may name, per part.
+ROWS = {"a": ("recipe", "smp", "paper"),
+        "b": ("source-only", "source-only+adabn", "macenko", "uda", "uda+adabn", "fda",
+              "fda+adabn", "fda-st", "fda-st+adabn", "supervised", "supervised+adabn",
+              "uda-st", "uda-dsbn", "uda-dsbn+target")}
 
 #: Row-name suffix of a model evaluated with test-time adaptation (``--adapt``).
 ADAPT_SUFFIX = {"bn": "+adabn", "tent": "+tent", "tta": "+tta"}
@@ -375,6 +384,12 @@ def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
         # FDA: the source crops take the target's low-frequency amplitudes (no D)
         row("fda", seed, "fda", source, fda_beta=args.fda_beta, target=str(target))
         row("fda+adabn", seed, "fda", source, adapt="bn")
+        # self-training from the fda model, labelling the target after AdaBN
+        row("fda-st", seed, "fda-st", source, init=str(runs / f"fda-seed{seed}"),
+            fda_beta=args.fda_beta, self_train_rounds=budget.self_train_rounds,
+            self_train_epochs=budget.self_train_epochs, self_train_keep=args.st_keep,
+            self_train_adapt="bn", **unlabelled)
+        row("fda-st+adabn", seed, "fda-st", source, adapt="bn")
         row("supervised", seed, "supervised", labelled)
         row("supervised+adabn", seed, "supervised", labelled, adapt="bn")
         row("uda-st", seed, "uda-st", source, init=str(runs / f"uda-seed{seed}"),
@@ -434,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(tta: flips only)")
     p.add_argument("--fda-beta", type=float, default=0.25,
                    help="part (b): the band of the fda rows (train --fda-beta)")
+    p.add_argument("--st-keep", type=float, default=1.0,
+                   help="part (b): the fda-st rows' share of pseudo-labelled pixels kept "
+                   "(train --self-train-keep)")
     p.add_argument("--seeds", type=int, default=3, help="part (b): seeds 0..N-1")
     p.add_argument("--first-seed", type=int, default=0,
                    help="part (b): start at this seed (one process per seed can share --out)")
@@ -442,6 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not (args.data / "images").is_dir():
         print(f"{args.data}: no images/ folder (the labelled real tiles)", file=sys.stderr)
+        return 2
+    unknown = [n for n in (args.only or "").split(",") if n and n not in ROWS[args.part]]
+    if unknown:
+        print(f"--only {unknown[0]}: not a row of part ({args.part}); its rows are "
+              f"{', '.join(ROWS[args.part])}", file=sys.stderr)
         return 2
     args.overrides = _overrides(args.overrides)
     from stainadapt.device import resolve_device

@@ -89,13 +89,15 @@ def test_tiny_part_b_rows_and_target_without_masks(rt, tmp_path):
             "--set", "norm=batch"]
     assert rt.main(argv) == 0
     results = sorted(p.stem for p in (out / "results-b").iterdir())
-    assert results == ["fda+adabn-seed0", "fda-seed0", "macenko-seed0",
+    assert results == ["fda+adabn-seed0", "fda-seed0", "fda-st+adabn-seed0", "fda-st-seed0",
+                       "macenko-seed0",
                        "source-only+adabn-seed0", "source-only-seed0",
                        "supervised+adabn-seed0", "supervised-seed0", "uda+adabn-seed0",
                        "uda-dsbn+target-seed0",
                        "uda-dsbn-seed0", "uda-seed0", "uda-st-seed0"]
     for name, mode in [("source-only+adabn-seed0", "bn"), ("uda+adabn-seed0", "bn"),
                        ("supervised+adabn-seed0", "bn"), ("fda+adabn-seed0", "bn"),
+                       ("fda-st+adabn-seed0", "bn"),
                        ("uda-dsbn+target-seed0", "target")]:  # evaluation only
         rec = json.loads((out / "results-b" / f"{name}.json").read_text())
         assert rec["adapt"] == mode and rec["bn_layers"] > 0
@@ -110,11 +112,15 @@ def test_tiny_part_b_rows_and_target_without_masks(rt, tmp_path):
     fda = (out / "runs-b" / "fda-seed0" / "config.toml").read_text()
     assert 'mode = "source-only"' in fda and "fda_beta = 0.25" in fda and "target" in fda
     assert (out / "runs-b" / "uda-st-seed0" / "pseudo" / "round-1").is_dir()
+    st = (out / "runs-b" / "fda-st-seed0" / "config.toml").read_text()
+    assert "fda-seed0" in st and 'self_train_adapt = "bn"' in st and "fda_beta = 0.25" in st
+    assert (out / "runs-b" / "fda-st-seed0" / "pseudo" / "round-1").is_dir()
     assert not (out / "runs-b" / "uda-seed0" / "state.pt").exists()
     # --only names the rows of part (b) to (re)score; the others are not touched
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "results-b").iterdir()}
     (out / "results-b" / "fda+adabn-seed0.json").unlink()
     assert rt.main(argv + ["--only", "fda+adabn"]) == 0
+    assert rt.main(argv + ["--only", "fda+adbn"]) == 2  # a misspelt row: one line, no run
     assert (out / "results-b" / "fda+adabn-seed0.json").is_file()
     assert {p.name: p.stat().st_mtime_ns for p in (out / "results-b").iterdir()
             if p.name != "fda+adabn-seed0.json"} == {
