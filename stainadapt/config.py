@@ -246,6 +246,9 @@ class TrainConfig:
         if self.self_train_adapt not in SELF_TRAIN_ADAPT:
             raise InputError(f"self_train_adapt {self.self_train_adapt!r} is not one of "
                              f"{', '.join(SELF_TRAIN_ADAPT)}")
+        if self.self_train_adapt == "bn" and self.norm != "batch":
+            raise InputError(f"self_train_adapt bn re-estimates BatchNorm statistics; this "
+                             f"G normalises with {self.norm} norm (give --norm batch)")
         if self.target_statistics:
             if not self.target:
                 raise InputError("target_statistics needs a target domain: give --target DIR")

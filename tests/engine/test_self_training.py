@@ -60,6 +60,7 @@ def test_schedule_appends_rounds_after_everything_else():
     (dict(self_train_keep=0.0), "self_train_keep"),
     (dict(self_train_keep=1.5), "self_train_keep"),
     (dict(self_train_adapt="tent"), "self_train_adapt"),
+    (dict(self_train_adapt="bn", norm="instance"), "--norm batch"),
 ])
 def test_bad_self_training_settings_are_one_clear_error(kw, match):
     values = dict(source="s", target="t", mode="uda", discs=["shape"], self_train_rounds=1)
