@@ -1,5 +1,5 @@
 """Discriminator updates per G update (``disc_steps``) and label smoothing
-(``disc_label_smoothing``): tiny deterministic runs on a colour-shifted pair of domains."""
+(``disc_label_smoothing``): tiny deterministic runs on the shared pair of tiny domains."""
 
 from __future__ import annotations
 
@@ -10,18 +10,10 @@ import pytest
 from stainadapt.config import TrainConfig
 from stainadapt.engine.trainer import Trainer
 from stainadapt.errors import InputError
-from stainadapt.testing import make_domain
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dd")
-    return (make_domain(root / "s", "source", n=6, size=64),
-            make_domain(root / "t", "target", n=6, size=64))
-
-
-def _cfg(out, pair, **kw) -> TrainConfig:
-    s, t = pair
+def _cfg(out, domains, **kw) -> TrainConfig:
+    s, t = domains
     values = dict(source=str(s), target=str(t), out=str(out), mode="uda",
                   discs=["single:layer=f4,weight=0.0"], backbone="resnet18", image_size=64,
                   batch_size=2, pretrain_epochs=0, disc_epochs=0, adv_epochs=1,
@@ -35,9 +27,9 @@ def _adam_steps(opt) -> int:
     return int(next(iter(opt.state.values()))["step"])
 
 
-def test_each_g_step_takes_disc_steps_discriminator_updates(tmp_path, pair):
+def test_each_g_step_takes_disc_steps_discriminator_updates(tmp_path, domains):
     for k in (1, 3):
-        trainer = Trainer(_cfg(tmp_path / f"k{k}", pair, disc_steps=k))
+        trainer = Trainer(_cfg(tmp_path / f"k{k}", domains, disc_steps=k))
         result = trainer.fit()
         assert _adam_steps(trainer.opt_g) == 3
         assert _adam_steps(trainer.opt_d[0]) == 3 * k
@@ -45,12 +37,12 @@ def test_each_g_step_takes_disc_steps_discriminator_updates(tmp_path, pair):
         assert 0.0 <= acc <= 1.0  # recorded once per G step, not k times
 
 
-def test_smoothed_labels_keep_the_discriminator_from_certainty(tmp_path, pair):
+def test_smoothed_labels_keep_the_discriminator_from_certainty(tmp_path, domains):
     """Hard labels let D separate the shifted colours (its BCE falls well below that of
     the smoothed goal); smoothed ones cannot push its BCE under the goal's entropy."""
     losses = {}
     for s in (0.0, 0.6):
-        cfg = _cfg(tmp_path / f"s{s}", pair, disc_epochs=3, adv_epochs=0, steps_per_epoch=6,
+        cfg = _cfg(tmp_path / f"s{s}", domains, disc_epochs=6, adv_epochs=0, steps_per_epoch=6,
                    disc_label_smoothing=s)
         records = Trainer(cfg).fit().records
         losses[s] = records[-1]["losses"]["d_single.single"]
