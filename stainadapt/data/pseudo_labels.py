@@ -26,8 +26,8 @@ import numpy as np
 from .io import MASK_EXTS, _read_raw
 from .resample import downsample_mask
 
-__all__ = ["UNSURE_PIXEL", "IGNORE", "class_balanced_cuts", "encode_pseudo_label",
-           "read_pseudo_label", "downsample_pseudo_label"]
+__all__ = ["UNSURE_PIXEL", "IGNORE", "compact_probs", "class_balanced_cuts",
+           "encode_pseudo_label", "read_pseudo_label", "downsample_pseudo_label"]
 
 #: The stored value of an unsure pixel.
 UNSURE_PIXEL = 128
@@ -38,7 +38,31 @@ _LEVELS = 256  # probabilities are counted in 1/255 steps (8-bit) for the quanti
 
 
 def _quantised(prob: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(np.asarray(prob, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    """Probabilities in 8-bit steps; ``uint8`` input is taken as already in steps."""
+    prob = np.asarray(prob)
+    if prob.dtype == np.uint8:
+        return prob
+    return np.clip(np.rint(prob.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _line(threshold: float) -> int:
+    """The highest 8-bit step on the background side of ``threshold``."""
+    return min(int(np.floor(threshold * 255.0)), 255)
+
+
+def compact_probs(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """``(H, W) uint8``: ``p`` in 8-bit steps, one byte a pixel, kept on the side of
+    ``threshold`` that ``p`` itself is on (so it labels as ``p`` does).
+
+    What a labelling pass keeps of each image while it counts the cuts; the labels are
+    then written from it (:func:`encode_pseudo_label` takes it as it is)."""
+    prob = np.asarray(prob, dtype=np.float32)
+    q = _quantised(prob)
+    line = _line(threshold)
+    fg = prob > threshold
+    q[fg] = np.maximum(q[fg], min(line + 1, 255))
+    q[~fg] = np.minimum(q[~fg], line)
+    return q
 
 
 def class_balanced_cuts(probs: Sequence[np.ndarray], threshold: float = 0.5,
@@ -46,7 +70,8 @@ def class_balanced_cuts(probs: Sequence[np.ndarray], threshold: float = 0.5,
     """``(fg_min, bg_max)``: a pixel is a sure glomerulus when ``p >= fg_min`` (and
     ``p > threshold``), sure background when ``p <= bg_max`` (and ``p <= threshold``).
 
-    Each class keeps ``keep`` of its pixels over all of ``probs`` (its most confident;
+    ``probs``: probabilities, or :func:`compact_probs` arrays (``uint8``). Each class
+    keeps ``keep`` of its pixels over all of them (its most confident;
     ties at the cut are all kept, so a little more). ``keep = 1`` keeps every pixel:
     ``(0, 1)``. Counted on 8-bit probabilities, so memory does not grow with the split.
     """
@@ -58,7 +83,7 @@ def class_balanced_cuts(probs: Sequence[np.ndarray], threshold: float = 0.5,
     for p in probs:
         counts += np.bincount(_quantised(p).ravel(), minlength=_LEVELS)
     levels = np.arange(_LEVELS) / 255.0
-    fg = levels > threshold
+    fg = np.arange(_LEVELS) > _line(threshold)
     fg_min, bg_max = 1.0, 0.0
     if counts[fg].sum():  # from the most confident glomerulus level down
         fg_counts, fg_levels = counts[fg][::-1], levels[fg][::-1]
@@ -76,10 +101,16 @@ def encode_pseudo_label(prob: np.ndarray, threshold: float = 0.5, fg_min: float 
     """``(H, W) uint8``: 255 where ``p > threshold`` and ``p >= fg_min``, 0 where
     ``p <= threshold`` and ``p <= bg_max``, :data:`UNSURE_PIXEL` elsewhere.
 
-    The cuts are compared in the 8-bit steps :func:`class_balanced_cuts` counts in."""
-    prob = np.asarray(prob, dtype=np.float32)
+    ``prob`` may be a :func:`compact_probs` array (``uint8``), whose side of the threshold
+    it keeps. The cuts are compared in the 8-bit steps :func:`class_balanced_cuts`
+    counts in."""
+    prob = np.asarray(prob)
+    if prob.dtype == np.uint8:
+        fg = prob > _line(threshold)
+    else:
+        prob = prob.astype(np.float32)
+        fg = prob > threshold
     q = _quantised(prob).astype(np.float32) / 255.0
-    fg = prob > threshold
     out = np.full(q.shape, UNSURE_PIXEL, dtype=np.uint8)
     out[fg & (q >= fg_min - 1e-6)] = 255
     out[~fg & (q <= bg_max + 1e-6)] = 0

@@ -16,6 +16,7 @@ adapts once to the images of the call, scope ``file`` to each image on its own.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,7 @@ def _whole_window(model: torch.nn.Module, image: np.ndarray) -> int:
 
 def adapted_copy(
     model: torch.nn.Module,
-    images: list[np.ndarray],
+    images: Sequence[np.ndarray],
     device: torch.device,
     adapt: str | AdaptSettings,
     normalizer: Any = None,

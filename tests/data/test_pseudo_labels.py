@@ -14,6 +14,7 @@ from stainadapt.data.pseudo_labels import (
     IGNORE,
     UNSURE_PIXEL,
     class_balanced_cuts,
+    compact_probs,
     downsample_pseudo_label,
     encode_pseudo_label,
     read_pseudo_label,
@@ -129,3 +130,17 @@ def test_the_self_training_step_skips_unsure_target_pixels():
     assert torch.allclose(seg_term(filtered, batch, logits), source_only)
     unfiltered = SimpleNamespace(cfg=SimpleNamespace(dice_weight=0.0, self_train_keep=1.0))
     assert seg_term(unfiltered, batch, logits) > seg_loss(logits[:2], ys)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.6, 0.3])
+def test_one_byte_guesses_label_as_the_probabilities_do(threshold):
+    probs = _probs(2)
+    probs[0][0, :4] = [threshold, threshold + 1e-6, threshold - 1e-6, 153 / 255]
+    compact = [compact_probs(p, threshold) for p in probs]
+    assert all(c.dtype == np.uint8 for c in compact)
+    cuts = class_balanced_cuts(compact, threshold, 0.5)
+    assert cuts == class_balanced_cuts(probs, threshold, 0.5)
+    for p, c in zip(probs, compact, strict=True):
+        assert np.array_equal(encode_pseudo_label(c, threshold, *cuts),
+                              encode_pseudo_label(p, threshold, *cuts))
+        assert np.array_equal(encode_pseudo_label(c, threshold) == 255, p > threshold)

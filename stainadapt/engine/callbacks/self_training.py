@@ -12,6 +12,7 @@ masks are never read. A resumed run reads the round's labels back from the folde
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,26 @@ from ..build import fresh_ema, make_adam
 from .base import Callback
 
 __all__ = ["SelfTraining", "pseudo_folder", "restart_generator"]
+
+
+class _Images(Sequence):
+    """The samples' images, read when indexed (the last two kept): AdaBN over a split
+    never holds the whole split in memory."""
+
+    def __init__(self, samples: list[Any]) -> None:
+        self.samples = samples
+        self._last: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        from ...data.io import read_image
+
+        if i not in self._last:
+            self._last = {k: v for k, v in self._last.items() if k == i - 1}
+            self._last[i] = read_image(self.samples[i].image)
+        return self._last[i]
 
 
 def pseudo_folder(run_dir: Path, round_: int) -> Path:
@@ -91,7 +112,11 @@ class SelfTraining(Callback):
     @torch.no_grad()
     def _write_labels(self, t: Any, folder: Path, round_: int) -> dict[str, Any]:
         from ...data.io import read_image, write_image
-        from ...data.pseudo_labels import class_balanced_cuts, encode_pseudo_label
+        from ...data.pseudo_labels import (
+            class_balanced_cuts,
+            compact_probs,
+            encode_pseudo_label,
+        )
         from ...inference.evaluate import adapted_copy
 
         samples = t.domains.tgt_train
@@ -103,22 +128,21 @@ class SelfTraining(Callback):
         if t.progress is not None:
             task = t.progress.add_task(f"self-training round {round_}: labelling the target",
                                        total=len(samples), loss="")
-        images = [read_image(s.image) for s in samples]
         labeller = model
         if cfg.self_train_adapt == "bn":  # AdaBN on the split it labels
-            labeller = adapted_copy(model, images, t.device, "bn", t.normalizer)
-        probs = []
+            labeller = adapted_copy(model, _Images(samples), t.device, "bn", t.normalizer)
+        guesses = []  # one byte a pixel (compact_probs), written out once the cuts are known
         with t.reading_target_statistics():  # the target as the run predicts it
-            for image in images:
-                prob = predict_probs(labeller, image, t.device, t.normalizer, t.amp)
-                probs.append(prob.float().cpu().numpy())
+            for s in samples:
+                prob = predict_probs(labeller, read_image(s.image), t.device, t.normalizer,
+                                     t.amp)
+                guesses.append(compact_probs(prob.float().cpu().numpy(), cfg.threshold))
                 if task is not None:
                     t.progress.update(task, advance=1)
-        del images
-        fg_min, bg_max = class_balanced_cuts(probs, cfg.threshold, cfg.self_train_keep)
+        fg_min, bg_max = class_balanced_cuts(guesses, cfg.threshold, cfg.self_train_keep)
         foreground = unsure = 0.0
-        for s, prob in zip(samples, probs, strict=True):
-            label = encode_pseudo_label(prob, cfg.threshold, fg_min, bg_max)
+        for s, guess in zip(samples, guesses, strict=True):
+            label = encode_pseudo_label(guess, cfg.threshold, fg_min, bg_max)
             foreground += float((label == 255).mean())
             unsure += float((label == UNSURE_PIXEL).mean())
             write_image(folder / f"{s.name}.png", label)
