@@ -248,7 +248,7 @@ def run_part_a(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
 
     names = [s.name for s in scan_domain(data, require_masks=True)]
     chunks = folds(names, budget.n_folds)
-    methods = args.only.split(",") if args.only else ["recipe", "smp", "paper"]
+    methods = args.only.split(",") if args.only else list(ROWS["a"])
     records = []
     for method in methods:
         fold_ids = [0] if method == "paper" else (args.folds or range(budget.n_folds))
@@ -352,6 +352,7 @@ def run_part_b(args: argparse.Namespace, budget: Budget) -> list[dict[str, Any]]
     def row(method: str, seed: int, run: str, train_dir: Path, normalizer: Any = None,
             adapt: str | None = None, **fields: Any) -> None:
         """Score ``run``'s model (trained first unless finished) as ``method``."""
+        assert method in ROWS["b"], f"{method}: add it to ROWS, which --only checks"
         if args.only and method not in args.only.split(","):
             return
         path = args.out / "results-b" / f"{method}-seed{seed}.json"

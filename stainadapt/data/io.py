@@ -48,6 +48,7 @@ __all__ = [
     "pixel_limit",
     "read_image",
     "read_mask",
+    "read_mask_values",
     "set_pixel_limit",
     "to_rgb8",
     "write_image",
@@ -384,15 +385,9 @@ def read_image(path: Path | str, max_pixels: int | None = None) -> np.ndarray:
         raise _err(path, str(exc)) from exc
 
 
-def read_mask(
-    path: Path | str, threshold: float | None = None, max_pixels: int | None = None
-) -> np.ndarray:
-    """Read a mask as ``(H, W) bool``: 0 is background, anything else glomerulus.
-
-    Without ``threshold`` the mask must hold at most two distinct values (0/1, 0/255,
-    ...); with it, ``mask = value > threshold``. Colour masks are reduced to the maximum
-    over their colour channels (alpha ignored).
-    """
+def read_mask_values(path: Path | str, max_pixels: int | None = None) -> np.ndarray:
+    """A mask file's ``(H, W)`` values as stored: colour masks reduced to the maximum
+    over their colour channels (alpha ignored). :func:`read_mask` binarises them."""
     path = Path(path)
     arr = _read_raw(path, MASK_EXTS, max_pixels)
     if arr.ndim == 3:
@@ -405,6 +400,20 @@ def read_mask(
             arr = arr[:, :, 0]
         else:
             raise _err(path, f"mask has {c} channels (expected 1 to 4)")
+    return arr
+
+
+def read_mask(
+    path: Path | str, threshold: float | None = None, max_pixels: int | None = None
+) -> np.ndarray:
+    """Read a mask as ``(H, W) bool``: 0 is background, anything else glomerulus.
+
+    Without ``threshold`` the mask must hold at most two distinct values (0/1, 0/255,
+    ...); with it, ``mask = value > threshold``. Colour masks are reduced to the maximum
+    over their colour channels (alpha ignored).
+    """
+    path = Path(path)
+    arr = read_mask_values(path, max_pixels)
     if threshold is not None:
         return np.asarray(arr > threshold)
     values = np.unique(arr)

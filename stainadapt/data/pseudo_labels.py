@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import MASK_EXTS, _read_raw
+from .io import read_mask_values
 from .resample import downsample_mask
 
 __all__ = ["UNSURE_PIXEL", "IGNORE", "compact_probs", "class_balanced_cuts",
@@ -119,9 +119,7 @@ def encode_pseudo_label(prob: np.ndarray, threshold: float = 0.5, fg_min: float 
 
 def read_pseudo_label(path: Path | str) -> np.ndarray:
     """A pseudo-label PNG -> ``(H, W) float32``: 0, 1, or :data:`IGNORE` (unsure)."""
-    arr = _read_raw(Path(path), MASK_EXTS, None)
-    if arr.ndim == 3:
-        arr = arr[:, :, 0]
+    arr = read_mask_values(path)
     out = (arr > UNSURE_PIXEL).astype(np.float32)
     out[arr == UNSURE_PIXEL] = IGNORE
     return out

@@ -58,15 +58,14 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 0.
     (:mod:`stainadapt.data.pseudo_labels`); both terms are taken over the other pixels
     only (a batch with none gives 0, with no host sync).
     """
-    if not ignore_unsure:
+    valid = None
+    if ignore_unsure:
+        valid = (target >= 0).float()
+        target = target.float().clamp(min=0.0)
+        pixel = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+        loss = (pixel * valid).sum() / valid.sum().clamp(min=1.0)
+    else:
         loss = F.binary_cross_entropy_with_logits(logits.float(), target.float())
-        if dice_weight > 0:
-            loss = loss + dice_weight * soft_dice_loss(logits, target)
-        return loss
-    valid = (target >= 0).float()
-    target = target.float().clamp(min=0.0)
-    pixel = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
-    loss = (pixel * valid).sum() / valid.sum().clamp(min=1.0)
     if dice_weight > 0:
         loss = loss + dice_weight * soft_dice_loss(logits, target, valid=valid)
     return loss

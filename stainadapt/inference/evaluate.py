@@ -78,15 +78,17 @@ def adapted_copy(
     if len(chosen) > settings.windows:
         rng = np.random.default_rng(settings.seed)
         chosen = sorted(rng.choice(len(images), settings.windows, replace=False).tolist())
-    windows = []
-    for i in chosen:
-        image = downsample_image(images[i], model_downsample(model))
-        tile = _whole_window(model, images[i])
+    windows, tiles = [], []
+    for i in chosen:  # each image indexed once: ``images`` may read it from disk
+        full = images[i]
+        image = downsample_image(full, model_downsample(model))
+        tiles.append(_whole_window(model, full))
         h, w = image.shape[:2]
-        padded = np.pad(image, ((0, tile - h), (0, tile - w), (0, 0)), mode="symmetric")
+        padded = np.pad(image, ((0, tiles[-1] - h), (0, tiles[-1] - w), (0, 0)),
+                        mode="symmetric")
         windows.append(torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1))
-    prep = SlidingWindowPredictor(adapted, _whole_window(model, images[chosen[0]]), 0,
-                                  device=device, amp="off", normalizer=normalizer)
+    prep = SlidingWindowPredictor(adapted, tiles[0], 0, device=device, amp="off",
+                                  normalizer=normalizer)
     adapt_model(adapted, windows, settings, prep.model_input, device)
     return adapted
 

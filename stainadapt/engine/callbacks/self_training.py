@@ -31,12 +31,11 @@ __all__ = ["SelfTraining", "pseudo_folder", "restart_generator"]
 
 
 class _Images(Sequence):
-    """The samples' images, read when indexed (the last two kept): AdaBN over a split
-    never holds the whole split in memory."""
+    """The samples' images, read when indexed: AdaBN over a split never holds the whole
+    split in memory."""
 
     def __init__(self, samples: list[Any]) -> None:
         self.samples = samples
-        self._last: dict[int, Any] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -44,10 +43,7 @@ class _Images(Sequence):
     def __getitem__(self, i: int) -> Any:  # type: ignore[override]
         from ...data.io import read_image
 
-        if i not in self._last:
-            self._last = {k: v for k, v in self._last.items() if k == i - 1}
-            self._last[i] = read_image(self.samples[i].image)
-        return self._last[i]
+        return read_image(self.samples[i].image)
 
 
 def pseudo_folder(run_dir: Path, round_: int) -> Path:
